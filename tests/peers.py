@@ -1,0 +1,64 @@
+"""Imports the PyTorch peers used by parity tests, or skips the calling test module.
+
+PyPI's torchvision is a CUDA build; next to the CPU torch wheel its C++ ops cannot register and
+`import torchvision` (pulled in by diffusers and open_clip) raises
+`RuntimeError: operator torchvision::nms does not exist`. `import_torchvision` lets those op
+registrations fail quietly during the import: the pure-Python parts the peers use still work.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+
+def _tolerant(register):
+  def patched(op, *args, **kwargs):
+    if not (isinstance(op, str) and op.startswith("torchvision::")):
+      return register(op, *args, **kwargs)
+    try:
+      result = register(op, *args, **kwargs)
+    except RuntimeError:
+      return lambda fn: fn
+    if callable(result) and not args and not kwargs:  # decorator form: the error comes when applied
+      def decorator(fn):
+        try:
+          return result(fn)
+        except RuntimeError:
+          return fn
+      return decorator
+    return result
+  return patched
+
+
+def import_torchvision():
+  import torch.library as torch_library
+
+  names = [n for n in ("register_fake", "register_autograd", "register_kernel", "impl_abstract")
+           if hasattr(torch_library, n)]
+  originals = {n: getattr(torch_library, n) for n in names}
+  for n in names:
+    setattr(torch_library, n, _tolerant(originals[n]))
+  try:
+    import torchvision
+  except ImportError:
+    torchvision = None
+  finally:
+    for n in names:
+      setattr(torch_library, n, originals[n])
+  return torchvision
+
+
+def require(module_name: str):
+  """Imports a peer (`torch`, `diffusers`, `open_clip`, `guided_diffusion...`) or skips the test module."""
+  pytest.importorskip("torch", reason="parity tests need the `peers` extra")
+  import torch
+
+  torch.set_num_threads(1)
+  if module_name in ("diffusers", "open_clip", "transformers") or module_name.startswith(("diffusers.", "open_clip.")):
+    import_torchvision()
+  try:
+    return importlib.import_module(module_name)
+  except ImportError as e:
+    pytest.skip(f"parity peer {module_name} is not installed ({e}); install the `peers` extra", allow_module_level=True)

@@ -1,0 +1,11 @@
+"""unclip_jax: unCLIP (DALL-E 2) in JAX/Flax.
+
+Packages (see DESIGN.md for the import rules):
+  diffusion/  Gaussian diffusion math, losses, respacing and `lax.scan` samplers (no model code)
+  models/     linen modules (no diffusion code)
+"""
+
+from unclip_jax.errors import UserError
+
+__version__ = "0.1.0"
+__all__ = ["UserError", "__version__"]

@@ -1,0 +1,25 @@
+"""`python -m unclip_jax.bench NAME ...`: dispatches to `unclip_jax.bench.NAME.main(argv)`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from unclip_jax.errors import UserError, run_cli
+
+BENCHMARKS = {
+    "sampler": "unclip_jax.bench.sampler",  # the lax.scan samplers: compile time, ms/step, known-answer error
+}
+
+
+def main(argv):
+  if not argv or argv[0] in ("-h", "--help"):
+    print("usage: python -m unclip_jax.bench {" + ",".join(BENCHMARKS) + "} [--help]")
+    return 0 if argv else 2
+  if argv[0] not in BENCHMARKS:
+    raise UserError(f"unknown benchmark {argv[0]!r}; choose one of: {', '.join(BENCHMARKS)}")
+  return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+  run_cli(main, sys.argv[1:])

@@ -1,0 +1,1 @@
+"""Converters from PyTorch / safetensors state dicts (OpenAI CLIP, open_clip, Karlo) to our stage checkpoints."""

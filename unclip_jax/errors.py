@@ -1,0 +1,31 @@
+"""The one exception type for mistakes a user can make, and the CLI wrapper that reports it.
+
+A `UserError` carries a one-line message that names what is wrong and how to fix it. It subclasses
+`ValueError` so library callers can catch it the ordinary way. Command-line entry points run their
+`main` through `run_cli`, which prints `error: <message>` on stderr and exits with status 2 instead
+of showing a traceback; any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn, Sequence
+
+
+class UserError(ValueError):
+  """Bad input from the user: a one-line, actionable message."""
+
+
+def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> NoReturn:
+  """Runs `main(argv)` and exits: 0 on success, 2 with one `error:` line on a `UserError`."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  try:
+    code = main(argv)
+  except UserError as e:
+    message = " ".join(str(e).split())  # one line, whatever the message held
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print("error: interrupted", file=sys.stderr)
+    sys.exit(130)
+  sys.exit(code or 0)
