@@ -1,0 +1,118 @@
+"""The per-device contrastive losses on 8 devices equal the single-device loss over the global batch."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from unclip_jax.train import contrastive
+
+N_DEV, LOCAL, FEAT, DIM = 8, 2, 6, 4
+GLOBAL = N_DEV * LOCAL
+
+
+def _rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def _problem(seed=0):
+  k = jax.random.split(jax.random.key(seed), 4)
+  xi = jax.random.normal(k[0], (GLOBAL, FEAT))
+  xt = jax.random.normal(k[1], (GLOBAL, FEAT))
+  params = {"wi": jax.random.normal(k[2], (FEAT, DIM)), "wt": jax.random.normal(k[3], (FEAT, DIM)),
+            "logit_scale": jnp.array(math.log(1 / 0.07)), "logit_bias": jnp.array(-2.0)}
+  return params, xi, xt
+
+
+def _loss(kind):
+  def fn(params, xi, xt, axis_name=None):
+    out = {"image_embeds": xi @ params["wi"], "text_embeds": xt @ params["wt"],
+           "logit_scale": params["logit_scale"], "logit_bias": params["logit_bias"]}
+    return contrastive.contrastive_loss(kind, out, axis_name)
+  return fn
+
+
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_pmap_loss_and_grads_match_single_device(kind):
+  assert jax.device_count() == N_DEV
+  loss_fn = _loss(kind)
+  params, xi, xt = _problem()
+  ref_loss, ref_grads = jax.value_and_grad(loss_fn)(params, xi, xt)
+  ref_emb = jax.grad(lambda a, b: loss_fn(params, a, b), argnums=(0, 1))(xi, xt)
+
+  def per_device(p, a, b):
+    loss, grads = jax.value_and_grad(loss_fn)(p, a, b, "d")
+    emb = jax.grad(lambda a, b: loss_fn(p, a, b, "d"), argnums=(0, 1))(a, b)
+    return loss, jax.lax.pmean(grads, "d"), emb
+
+  loss, grads, emb = jax.pmap(per_device, axis_name="d", in_axes=(None, 0, 0))(
+      params, xi.reshape(N_DEV, LOCAL, FEAT), xt.reshape(N_DEV, LOCAL, FEAT))
+  assert np.allclose(loss, loss[0])  # the same value on every device
+  assert _rel_err(loss[0], ref_loss) <= 1e-6
+  for name in ref_grads:
+    if not (kind == "softmax" and name == "logit_bias"):  # the softmax loss has no bias
+      assert np.abs(np.asarray(ref_grads[name])).max() > 0
+    assert _rel_err(grads[name][0], ref_grads[name]) <= 1e-6, name
+  # Under pmap a device's embedding gradient is that of the sum of the N per-device losses.
+  for got, want in zip(emb, ref_emb):
+    assert _rel_err(np.asarray(got).reshape(GLOBAL, FEAT) / N_DEV, want) <= 1e-6
+
+
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_shard_map_loss_and_grads_match_single_device(kind):
+  loss_fn = _loss(kind)
+  params, xi, xt = _problem(1)
+  ref_loss, ref_grads = jax.value_and_grad(loss_fn)(params, xi, xt)
+  ref_emb = jax.grad(lambda a, b: loss_fn(params, a, b), argnums=(0, 1))(xi, xt)
+  mesh = jax.make_mesh((N_DEV,), ("d",))
+  xi_s, xt_s = (jax.device_put(x, NamedSharding(mesh, P("d"))) for x in (xi, xt))
+
+  def per_device(p, a, b):
+    loss, grads = jax.value_and_grad(loss_fn)(p, a, b, "d")
+    emb = jax.grad(lambda a, b: loss_fn(p, a, b, "d"), argnums=(0, 1))(a, b)
+    return loss, grads, emb
+
+  step = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("d"), P("d")),
+                               out_specs=(P(), P(), P("d"))))
+  loss, grads, emb = step(params, xi_s, xt_s)
+  assert _rel_err(loss, ref_loss) <= 1e-6
+  for name in ref_grads:
+    assert _rel_err(grads[name], ref_grads[name]) <= 1e-6, name
+  for got, want in zip(emb, ref_emb):
+    assert _rel_err(got, want) <= 1e-6
+
+
+def test_softmax_loss_properties():
+  e = jnp.eye(4, 8)
+  # Perfectly aligned pairs at the maximum temperature: near-zero loss; mismatched pairs: large loss.
+  assert float(contrastive.clip_softmax_loss(e, e, 10.0)) < 1e-6  # log-scale 10 is clamped to ln 100
+  assert float(contrastive.clip_softmax_loss(e, e[::-1], math.log(100))) > 50
+  uniform = contrastive.clip_softmax_loss(jnp.ones((4, 8)), jnp.ones((4, 8)), 0.0)
+  assert abs(float(uniform) - math.log(4)) < 1e-6
+  # The clamp inside the loss: any log-scale above ln 100 gives the same loss.
+  x, y = jax.random.normal(jax.random.key(0), (2, 4, 8))
+  assert float(contrastive.clip_softmax_loss(x, y, 7.0)) == float(contrastive.clip_softmax_loss(x, y, math.log(100)))
+
+
+def test_clamp_logit_scale_helper():
+  params = {"logit_scale": jnp.array(5.3), "w": jnp.ones(2)}
+  clamped = contrastive.clamp_logit_scale(params)
+  assert float(clamped["logit_scale"]) == pytest.approx(math.log(100))
+  assert float(contrastive.clamp_logit_scale({"logit_scale": jnp.array(-1.0)})["logit_scale"]) == 0.0
+  assert float(params["logit_scale"]) == pytest.approx(5.3)  # input left alone
+  assert clamped["w"] is params["w"]
+
+
+def test_unknown_loss_and_missing_bias_are_errors():
+  out = {"image_embeds": jnp.ones((2, 3)), "text_embeds": jnp.ones((2, 3)), "logit_scale": jnp.array(1.0)}
+  with pytest.raises(ValueError, match="logit bias"):
+    contrastive.contrastive_loss("sigmoid", out)
+  with pytest.raises(ValueError, match="unknown"):
+    contrastive.contrastive_loss("hinge", out)

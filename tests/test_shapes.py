@@ -1,0 +1,84 @@
+"""The toy scene generator: deterministic, drawn colours as specified, captions true to the scene."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unclip_jax.data import shapes
+
+N = 150
+
+
+@pytest.fixture(scope="module", params=[64, 32])
+def train_examples(request):
+  return [shapes.ShapesScenes(request.param, "train", seed=3)[i] for i in range(N)]
+
+
+def test_deterministic_for_a_seed():
+  a, b = shapes.ShapesScenes(64, seed=7), shapes.ShapesScenes(64, seed=7)
+  for i in (0, 5, 123):
+    img_a, cap_a, spec_a = a[i]
+    img_b, cap_b, spec_b = b[i]
+    assert np.array_equal(img_a, img_b) and cap_a == cap_b and spec_a == spec_b
+  other = shapes.ShapesScenes(64, seed=8)
+  assert any(not np.array_equal(a[i][0], other[i][0]) for i in range(5))
+  assert len({a[i][1] for i in range(20)}) > 5  # indices give different scenes
+
+
+def test_image_format_and_exact_colours(train_examples):
+  for image, _, spec in train_examples:
+    size = image.shape[0]
+    assert image.shape == (size, size, 3) and image.dtype == np.uint8
+    colours = {tuple(c) for c in np.unique(image.reshape(-1, 3), axis=0)}
+    wanted = {shapes.BACKGROUND} | {shapes.COLORS[o["color"]] for o in spec["objects"]}
+    assert colours == wanted  # no anti-aliasing: only background and object colours occur
+    for o in spec["objects"]:  # each object's colour is inside its box
+      x0, y0, x1, y1 = o["bbox"]
+      patch = image[y0:y1 + 1, x0:x1 + 1].reshape(-1, 3)
+      assert (patch == shapes.COLORS[o["color"]]).all(-1).sum() >= 0.3 * patch.shape[0]
+
+
+def test_captions_parse_and_match_specs(train_examples):
+  kinds = set()
+  for _, caption, spec in train_examples:
+    parsed = shapes.parse_caption(caption)
+    kinds.add(parsed["kind"])
+    assert parsed["kind"] == spec["kind"]
+    assert sorted(parsed["objects"]) == sorted((o["color"], o["shape"]) for o in spec["objects"])
+    assert sum(spec["counts"].values()) == len(spec["objects"])
+    if spec["kind"] == "relation":
+      rel = spec["relation"]
+      assert parsed["relation"] == rel["relation"]
+      boxes = [o["bbox"] for o in spec["objects"]]
+      assert shapes._relation_holds(rel["relation"], boxes[rel["subject"]], boxes[rel["object"]])
+    boxes = [o["bbox"] for o in spec["objects"]]
+    for i, box in enumerate(boxes):  # objects never overlap
+      assert shapes._bbox_ok(box, boxes[:i] + boxes[i + 1:], 1)
+  assert kinds == set(shapes.KINDS)
+  with pytest.raises(ValueError):
+    shapes.parse_caption("a pink hexagon")
+
+
+def test_heldout_combinations_never_in_train(train_examples):
+  assert not any(shapes.is_heldout(spec) for _, _, spec in train_examples)
+  held = shapes.ShapesScenes(32, "heldout", seed=3)
+  specs = [held[i][2] for i in range(N)]
+  assert all(shapes.is_heldout(s) for s in specs)
+  seen_objects = {(o["color"], o["shape"]) for s in specs for o in s["objects"]}
+  assert shapes.HELDOUT_OBJECTS <= seen_objects
+  seen_relations = {(s["relation"]["relation"], s["objects"][0]["shape"], s["objects"][1]["shape"])
+                    for s in specs if s["relation"]}
+  assert seen_relations and seen_relations <= shapes.HELDOUT_RELATIONS
+
+
+def test_kinds_and_batch():
+  scenes = shapes.ShapesScenes(32, kinds=("single",), seed=0)
+  images, captions, specs = scenes.batch(10, 6)
+  assert images.shape == (6, 32, 32, 3)
+  assert all(s["kind"] == "single" for s in specs)
+  assert captions[0] == scenes[10][1]
+  with pytest.raises(ValueError):
+    shapes.ShapesScenes(32, split="test")
+  with pytest.raises(ValueError):
+    shapes.ShapesScenes(32, kinds=("poem",))

@@ -1,0 +1,1 @@
+"""Data sources: procedural toy scenes, image degradations, and (later) tfds builders and grain pipelines."""

@@ -1,0 +1,222 @@
+"""Procedural captioned scenes (coloured circles, squares and triangles) for tests and toy trainings.
+
+Every example is a pure function of (seed, split, index), so the set is random-access, reproducible and
+infinite, which suits a tfds builder or a grain source. Captions follow a small grammar whose facts
+(colour, shape, count, spatial relation) are checkable from the returned spec, and some (colour, shape)
+and (relation, shape pair) combinations occur only in the "heldout" split, to measure compositional
+generalisation. Only numpy and PIL are used.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+BACKGROUND = (20, 20, 20)
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 80, 220),
+    "yellow": (235, 210, 40),
+    "purple": (150, 60, 190),
+    "orange": (245, 140, 30),
+    "white": (240, 240, 240),
+}
+SHAPES = ("circle", "square", "triangle")
+RELATIONS = ("left of", "right of", "above", "below")
+NUMBERS = {2: "two", 3: "three", 4: "four"}
+KINDS = ("single", "count", "pair", "relation")
+SPLITS = ("train", "heldout")
+
+# Never drawn in the train split; every heldout example contains at least one of its kind.
+HELDOUT_OBJECTS = frozenset({("purple", "triangle"), ("orange", "circle"), ("white", "square")})
+HELDOUT_RELATIONS = frozenset({("above", "triangle", "circle"), ("left of", "square", "triangle"),
+                               ("below", "circle", "square"), ("right of", "triangle", "square")})
+
+_SPLIT_SALT = {"train": 0x7A11, "heldout": 0x4E1D}
+_KIND_SALT = {k: i for i, k in enumerate(KINDS)}
+
+
+def _objects(split: str) -> list[tuple[str, str]]:
+  combos = [(c, s) for c in COLORS for s in SHAPES]
+  return [o for o in combos if o not in HELDOUT_OBJECTS] if split == "train" else combos
+
+
+def _bbox_ok(box, boxes, gap):
+  x0, y0, x1, y1 = box
+  return all(x1 + gap <= b[0] or b[2] + gap <= x0 or y1 + gap <= b[1] or b[3] + gap <= y0 for b in boxes)
+
+
+def _relation_holds(relation: str, a, b) -> bool:
+  """Whether box `a` is strictly `relation` box `b` (no overlap along the relation's axis)."""
+  return {"left of": a[2] < b[0], "right of": a[0] > b[2], "above": a[3] < b[1], "below": a[1] > b[3]}[relation]
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: str, box, color):
+  x0, y0, x1, y1 = box  # inclusive pixel bounds
+  if shape == "circle":
+    draw.ellipse((x0, y0, x1, y1), fill=color)
+  elif shape == "square":
+    draw.rectangle((x0, y0, x1, y1), fill=color)
+  else:
+    draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=color)
+
+
+class ShapesScenes:
+  """`scenes[i]` → (uint8 image (S, S, 3), caption, spec); deterministic in (seed, split, i).
+
+  Args:
+    image_size: side in pixels (64 by default; 32 works for quick tests).
+    split: "train" (held-out combinations excluded) or "heldout" (each example uses one of them).
+    seed: base seed of the whole set.
+    kinds: caption kinds to draw from, uniformly: "single" ("a red circle"), "count" ("three blue
+      squares"), "pair" ("a red circle and a blue square"), "relation" ("a red circle left of a ...").
+  """
+
+  def __init__(self, image_size: int = 64, split: str = "train", seed: int = 0, kinds=KINDS):
+    if split not in SPLITS:
+      raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+      raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds!r}")
+    if image_size < 24:
+      raise ValueError(f"image_size must be at least 24 pixels, got {image_size}")
+    self.image_size, self.split, self.seed, self.kinds = image_size, split, seed, tuple(kinds)
+
+  def __getitem__(self, index: int):
+    rng = np.random.default_rng([self.seed, _SPLIT_SALT[self.split], int(index)])
+    kind = self.kinds[rng.integers(len(self.kinds))]
+    for _ in range(100):  # layouts are rejection-sampled; a retry draws new sizes
+      example = self._sample(rng, kind)
+      if example is not None:
+        return example
+    raise RuntimeError(f"could not lay out a {kind} scene at {self.image_size}px")  # pragma: no cover
+
+  def __iter__(self) -> Iterator[tuple[np.ndarray, str, dict[str, Any]]]:
+    i = 0
+    while True:
+      yield self[i]
+      i += 1
+
+  def batch(self, start: int, size: int):
+    """(uint8 images (size, S, S, 3), list of captions, list of specs) for indices start..start+size-1."""
+    items = [self[i] for i in range(start, start + size)]
+    return np.stack([x[0] for x in items]), [x[1] for x in items], [x[2] for x in items]
+
+  # -------------------------------------------------------------------------------------- sampling
+
+  def _choose_objects(self, rng, kind):
+    held = self.split == "heldout"
+    pool = _objects(self.split)
+    pick = lambda options: options[rng.integers(len(options))]  # noqa: E731
+    if kind in ("single", "count"):
+      obj = pick(sorted(HELDOUT_OBJECTS)) if held else pick(pool)
+      n = 1 if kind == "single" else int(rng.integers(2, 5))
+      return [obj] * n, None
+    if kind == "pair":
+      first = pick(sorted(HELDOUT_OBJECTS)) if held else pick(pool)
+      second = pick([o for o in pool if o != first])
+      objs = [first, second]
+      if rng.random() < 0.5:
+        objs.reverse()
+      return objs, None
+    # relation: heldout examples use a held-out (relation, shape, shape) triple with ordinary objects
+    train_pool = _objects("train")
+    while True:
+      relation = pick(RELATIONS)
+      a, b = pick(train_pool), pick(train_pool)
+      if a == b:
+        continue
+      triple = (relation, a[1], b[1])
+      if (triple in HELDOUT_RELATIONS) == held:
+        return [a, b], relation
+
+  def _sample(self, rng, kind):
+    objs, relation = self._choose_objects(rng, kind)
+    s = self.image_size
+    lo, hi = max(5, round(s * 12 / 64)), max(7, round(s * 18 / 64))
+    gap = max(1, s // 32)
+    boxes = []
+    for i, _ in enumerate(objs):
+      for _ in range(200):
+        size = int(rng.integers(lo, hi + 1))
+        x0, y0 = (int(v) for v in rng.integers(1, s - size, size=2))
+        box = (x0, y0, x0 + size - 1, y0 + size - 1)
+        if not _bbox_ok(box, boxes, gap):
+          continue
+        if relation is not None and i == 1 and not _relation_holds(relation, boxes[0], box):
+          continue
+        boxes.append(box)
+        break
+      else:
+        return None
+    image = Image.new("RGB", (s, s), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for (color, shape), box in zip(objs, boxes):
+      _draw(draw, shape, box, COLORS[color])
+    spec = {
+        "kind": kind,
+        "objects": [{"color": c, "shape": sh, "bbox": list(b)} for (c, sh), b in zip(objs, boxes)],
+        "counts": {f"{c} {sh}": objs.count((c, sh)) for c, sh in dict.fromkeys(objs)},
+        "relation": None if relation is None else {"relation": relation, "subject": 0, "object": 1},
+        "split": self.split,
+    }
+    return np.asarray(image, dtype=np.uint8), caption_for(spec), spec
+
+
+def caption_for(spec: dict[str, Any]) -> str:
+  """The caption of a spec, following the grammar in the module docstring."""
+  objs = [(o["color"], o["shape"]) for o in spec["objects"]]
+  kind = spec["kind"]
+  if kind == "single":
+    return f"a {objs[0][0]} {objs[0][1]}"
+  if kind == "count":
+    return f"{NUMBERS[len(objs)]} {objs[0][0]} {objs[0][1]}s"
+  if kind == "pair":
+    return f"a {objs[0][0]} {objs[0][1]} and a {objs[1][0]} {objs[1][1]}"
+  rel = spec["relation"]["relation"]
+  return f"a {objs[0][0]} {objs[0][1]} {rel} a {objs[1][0]} {objs[1][1]}"
+
+
+_COLOR_RE = "|".join(COLORS)
+_SHAPE_RE = "|".join(SHAPES)
+_OBJ = rf"a ({_COLOR_RE}) ({_SHAPE_RE})"
+_PATTERNS = [
+    ("single", re.compile(rf"^{_OBJ}$")),
+    ("count", re.compile(rf"^({'|'.join(NUMBERS.values())}) ({_COLOR_RE}) ({_SHAPE_RE})s$")),
+    ("pair", re.compile(rf"^{_OBJ} and {_OBJ}$")),
+    ("relation", re.compile(rf"^{_OBJ} ({'|'.join(RELATIONS)}) {_OBJ}$")),
+]
+
+
+def parse_caption(caption: str) -> dict[str, Any]:
+  """Caption → {"kind", "objects": [(color, shape), ...] in caption order, "relation": str | None}.
+
+  Raises ValueError for text outside the grammar, so evaluations can check generated captions too.
+  """
+  for kind, pattern in _PATTERNS:
+    m = pattern.match(caption)
+    if not m:
+      continue
+    g = m.groups()
+    if kind == "single":
+      return {"kind": kind, "objects": [(g[0], g[1])], "relation": None}
+    if kind == "count":
+      n = {v: k for k, v in NUMBERS.items()}[g[0]]
+      return {"kind": kind, "objects": [(g[1], g[2])] * n, "relation": None}
+    if kind == "pair":
+      return {"kind": kind, "objects": [(g[0], g[1]), (g[2], g[3])], "relation": None}
+    return {"kind": kind, "objects": [(g[0], g[1]), (g[3], g[4])], "relation": g[2]}
+  raise ValueError(f"caption {caption!r} is outside the shapes grammar")
+
+
+def is_heldout(spec: dict[str, Any]) -> bool:
+  """Whether a spec uses any held-out (colour, shape) or (relation, shape, shape) combination."""
+  objs = [(o["color"], o["shape"]) for o in spec["objects"]]
+  if any(o in HELDOUT_OBJECTS for o in objs):
+    return True
+  rel = spec.get("relation")
+  return rel is not None and (rel["relation"], objs[0][1], objs[1][1]) in HELDOUT_RELATIONS

@@ -1,0 +1,101 @@
+"""Contrastive image-text losses over the GLOBAL batch, written per device with named-axis collectives.
+
+Call these inside `jax.pmap(..., axis_name=A)` or `jax.shard_map` with the batch split over `A`. Each
+device all-gathers the embeddings of every device and scores its LOCAL rows against the GLOBAL columns
+(open_clip's `--local-loss`: memory O(local × global) instead of O(global²)); its labels are offset by
+`axis_index * local_batch`. The value is `pmean`-ed, so it equals the single-device loss over the whole
+batch. Gradients flow through `all_gather` (whose transpose is a reduce-scatter), so each device's
+embeddings receive the contributions of every device's rows. What the gradient means depends on the
+wrapper (both checked against the single-device loss in tests/test_clip_contrastive.py):
+  * `jax.shard_map` (replication checking on, the default): `jax.grad` of the loss is exactly the
+    gradient of the global loss; replicated parameters come back already reduced over the axis.
+  * `jax.pmap`: the per-device gradient is that of the SUM of the per-device losses (N × the global
+    one); the usual `jax.lax.pmean(grads, A)` of the parameter gradients gives the global gradient.
+With `axis_name=None` the same functions are the plain single-device losses.
+
+Temperature: the learnable `logit_scale` is a log-scale (CLIP init ln(1/0.07)); it is clamped at ln(100)
+inside the loss, and `clamp_logit_scale` clamps the parameter after each update as open_clip does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def _normalize(x):
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _gather(x, axis_name):
+  """(local, D) → (global, D) and this device's row offset in the global batch."""
+  if axis_name is None:
+    return x, 0
+  return jax.lax.all_gather(x, axis_name, tiled=True), jax.lax.axis_index(axis_name) * x.shape[0]
+
+
+def _mean_over_devices(x, axis_name):
+  return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def clip_softmax_loss(image_embeds, text_embeds, logit_scale, axis_name: str | None = None):
+  """Symmetric InfoNCE (CLIP): mean of image→text and text→image cross-entropies over the global batch.
+
+  Embeddings need not be normalised (they are L2-normalised here). Returns a scalar, the same on every
+  device.
+  """
+  img, txt = _normalize(image_embeds), _normalize(text_embeds)
+  all_img, offset = _gather(img, axis_name)
+  all_txt, _ = _gather(txt, axis_name)
+  scale = jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))
+  labels = jnp.arange(img.shape[0]) + offset
+  logits_per_image = scale * img @ all_txt.T  # (local, global)
+  logits_per_text = scale * txt @ all_img.T
+  loss = 0.5 * (optax.softmax_cross_entropy_with_integer_labels(logits_per_image, labels).mean()
+                + optax.softmax_cross_entropy_with_integer_labels(logits_per_text, labels).mean())
+  return _mean_over_devices(loss, axis_name)
+
+
+def siglip_loss(image_embeds, text_embeds, logit_scale, logit_bias, axis_name: str | None = None):
+  """SigLIP pairwise sigmoid loss: -Σ_ij log σ(±(t·x_i·y_j + b)) / global_batch, + on matched pairs.
+
+  Computed on local images × all gathered texts (every pair is still counted exactly once). SigLIP
+  initialises `logit_scale = ln 10` and `logit_bias = -10`.
+  """
+  img, txt = _normalize(image_embeds), _normalize(text_embeds)
+  all_txt, offset = _gather(txt, axis_name)
+  scale = jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))
+  logits = scale * img @ all_txt.T + logit_bias  # (local, global)
+  positive = jnp.arange(all_txt.shape[0])[None, :] == (jnp.arange(img.shape[0]) + offset)[:, None]
+  signs = jnp.where(positive, 1.0, -1.0)
+  loss = -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / img.shape[0]
+  return _mean_over_devices(loss, axis_name)
+
+
+def contrastive_loss(kind: str, outputs: dict[str, Any], axis_name: str | None = None):
+  """Dispatches on the config's `loss` field ('softmax' | 'sigmoid') given the dict `CLIP.__call__` returns."""
+  if kind == "softmax":
+    return clip_softmax_loss(outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"], axis_name)
+  if kind == "sigmoid":
+    if "logit_bias" not in outputs:
+      raise ValueError("the sigmoid loss needs a model with a logit bias (set init_logit_bias in the config)")
+    return siglip_loss(outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"],
+                       outputs["logit_bias"], axis_name)
+  raise ValueError(f"unknown contrastive loss {kind!r}; expected 'softmax' or 'sigmoid'")
+
+
+def clamp_logit_scale(params, max_value: float = MAX_LOGIT_SCALE):
+  """Returns `params` with `logit_scale` clamped to [0, ln 100], as open_clip does after every step."""
+  if "logit_scale" not in params:
+    return params
+  params = dict(params)
+  params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, max_value)
+  return params
+

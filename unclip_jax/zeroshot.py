@@ -1,0 +1,142 @@
+"""Zero-shot image classification with a CLIP stage checkpoint (library API and CLI).
+
+    python -m unclip_jax.zeroshot --checkpoint DIR --labels "cat,dog,car" IMAGE...
+
+Each class is embedded through several prompt templates ("a photo of a {}."); each template embedding
+is L2-normalised, the class embedding is their renormalised mean (CLIP's prompt ensembling), and an
+image's class probabilities are the softmax of the temperature-scaled cosine similarities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from unclip_jax.errors import UserError, run_cli
+
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a close-up photo of a {}.",
+    "a {}.",
+)
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+  """Reads an image as RGB, resizes its short side to `size` (bicubic) and centre-crops: uint8 (size, size, 3)."""
+  from PIL import Image, UnidentifiedImageError
+
+  path = Path(path)
+  try:
+    with Image.open(path) as im:
+      im = im.convert("RGB")
+  except FileNotFoundError:
+    raise UserError(f"image {path} does not exist") from None
+  except IsADirectoryError:
+    raise UserError(f"image {path} is a folder, not an image file") from None
+  except UnidentifiedImageError:
+    raise UserError(f"{path} is not an image file PIL can read") from None
+  except OSError as e:
+    raise UserError(f"cannot read image {path}: {e.strerror or e}") from None
+  w, h = im.size
+  scale = size / min(w, h)
+  im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
+  w, h = im.size
+  left, top = (w - size) // 2, (h - size) // 2
+  return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+class ZeroShotClassifier:
+  """Class embeddings computed once from `labels` × `templates`; `predict(images)` gives probabilities."""
+
+  def __init__(self, config, params, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+               tokenizer=None):
+    import jax
+
+    from unclip_jax.models import clip as clip_model
+    from unclip_jax.models.tokenizer import Tokenizer
+
+    labels = [str(l).strip() for l in labels]
+    if not labels or any(not l for l in labels):
+      raise UserError("the label list is empty or has an empty label; pass e.g. --labels \"cat,dog,car\"")
+    if not templates or any("{}" not in t for t in templates):
+      raise UserError("every prompt template must contain '{}' where the label goes")
+    self.config, self.labels, self.templates = config, labels, list(templates)
+    tokenizer = tokenizer or Tokenizer(context_length=config.context_length)
+    model = clip_model.CLIP(config)
+    self._encode_image = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image))
+    encode_text = jax.jit(lambda p, t: model.apply({"params": p}, t, method=model.encode_text)[0])
+    self._params = params
+    tokens = tokenizer([t.format(l) for l in labels for t in self.templates], config.context_length)
+    emb = np.asarray(clip_model.l2_normalize(encode_text(params, tokens)))
+    emb = emb.reshape(len(labels), len(self.templates), -1).mean(axis=1)
+    self.class_embeddings = emb / np.linalg.norm(emb, axis=-1, keepdims=True)  # (classes, embed_dim)
+    self.logit_scale = float(np.exp(min(float(params["logit_scale"]), np.log(100.0))))
+
+  def logits(self, images) -> np.ndarray:
+    """uint8 (B, S, S, 3) images at the config's image size → (B, classes) scaled cosine similarities."""
+    from unclip_jax.models import clip as clip_model
+
+    x = clip_model.normalize_images(images, self.config)
+    img = np.asarray(clip_model.l2_normalize(self._encode_image(self._params, x)))
+    return self.logit_scale * img @ self.class_embeddings.T
+
+  def predict(self, images) -> np.ndarray:
+    z = self.logits(images)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def load_clip(directory: str | Path):
+  """(CLIPConfig, params) from a stage checkpoint; any problem with it is a `UserError`."""
+  from unclip_jax.checkpoint import load_stage_params, read_stage
+  from unclip_jax.models import clip as clip_model
+
+  meta = read_stage(directory, kind="clip")
+  try:
+    config = clip_model.CLIPConfig.from_dict(meta["config"])
+  except (TypeError, ValueError) as e:
+    raise UserError(f"{directory}/stage.json has an invalid CLIP config: {e}") from None
+  return config, load_stage_params(directory, clip_model.abstract_params(config), kind="clip")
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    raise UserError(f"{message} (see --help)")
+
+
+def main(argv: Sequence[str]) -> int:
+  parser = _Parser(prog="python -m unclip_jax.zeroshot", description=__doc__.split("\n\n")[0])
+  parser.add_argument("--checkpoint", required=True, help="CLIP stage checkpoint folder")
+  parser.add_argument("--labels", required=True, help="comma-separated class names")
+  parser.add_argument("--template", action="append", dest="templates",
+                      help="prompt template with {} (repeatable); default: a small photo ensemble")
+  parser.add_argument("--top", type=int, default=5, help="classes to print per image")
+  parser.add_argument("images", nargs="+", metavar="IMAGE")
+  args = parser.parse_args(argv)
+  labels = [l.strip() for l in args.labels.split(",")]
+  if not any(labels) or not all(labels):
+    raise UserError(f"--labels {args.labels!r} has an empty class name; pass e.g. --labels \"cat,dog,car\"")
+  if args.top < 1:
+    raise UserError("--top must be at least 1")
+  for path in args.images:  # fail on a bad image before the slow model load
+    if not Path(path).is_file():
+      raise UserError(f"image {path} does not exist" if not Path(path).exists() else f"{path} is not a file")
+  config, params = load_clip(args.checkpoint)
+  images = np.stack([load_image(p, config.image_size) for p in args.images])
+  classifier = ZeroShotClassifier(config, params, labels, args.templates or DEFAULT_TEMPLATES)
+  probs = classifier.predict(images)
+  for path, p in zip(args.images, probs):
+    order = np.argsort(-p)[:args.top]
+    print(f"{path}: " + ", ".join(f"{labels[i]} {p[i]:.4f}" for i in order))
+  return 0
+
+
+if __name__ == "__main__":
+  run_cli(main, sys.argv[1:])
