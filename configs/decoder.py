@@ -1,0 +1,96 @@
+"""64px decoder configs: presets `tiny` (CPU tests), `karlo` (Kakao Brain's released decoder), `paper`.
+
+Run:
+
+    python -m unclip_jax.train --config configs/decoder.py:tiny --workdir /tmp/decoder_tiny
+
+`config.model` holds the fields of `unclip_jax.models.unet.UNet` plus those of its `TextProj`
+(`clip_embeddings_dim`, `clip_extra_context_tokens`), built by `unclip_jax.models.unet.decoder_from_config`.
+`attention_levels[i]` says whether level i (64, 32, 16, 8 px for 4 levels) has attention.
+Sizes:
+  * karlo: 320 ch, mult 1,2,3,4, 3 res blocks, attention at 32/16/8, 64 head channels, 1536-d context
+    tokens, CLIP ViT-L/14 (768-d) conditioning: 0.90B (UNet + text_proj; diffusers' meta-device count).
+  * paper: GLIDE's 3.5B architecture: 512 ch, mult 1,2,3,4, 3 res blocks, attention at 32/16/8, 64 head
+    channels, 2048-d context tokens, 1024-d ViT-H/16 embeddings. The paper's 3.5B counts GLIDE's own text
+    transformer (ctx 256, width 2048, 24 layers, 32 heads); here captions are encoded by the CLIP text tower
+    (the Karlo design), so the model built from this config is the UNet + text_proj only (≈2.2B), and
+    tests/test_model_configs.py adds the text transformer's analytic count to compare with 3.5B.
+`config.diffusion` is `diffusion_config("decoder", ...)` (cosine, ε, learned-range σ, hybrid loss).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from unclip_jax.diffusion.config import diffusion_config
+
+PRESETS = ("tiny", "karlo", "paper")
+
+
+def _model(name: str) -> ml_collections.ConfigDict:
+  m = ml_collections.ConfigDict()
+  m.in_channels, m.out_channels = 3, 6  # learned σ: ε and the variance interpolation v
+  m.scale_shift = True
+  m.mid_attention = True
+  m.clip_extra_context_tokens = 4
+  m.norm_groups = 32
+  if name == "tiny":  # matches configs/clip.py:tiny (embed_dim 32, text width 32, context 16)
+    m.image_size, m.text_len = 16, 16
+    m.block_out_channels, m.layers_per_block = (32, 64), 1
+    m.attention_levels, m.attention_head_dim = (False, True), 16
+    m.cross_attention_dim, m.clip_embeddings_dim = 64, 32
+    m.norm_groups = 8
+  elif name == "karlo":
+    m.image_size, m.text_len = 64, 77
+    m.block_out_channels, m.layers_per_block = (320, 640, 960, 1280), 3
+    m.attention_levels, m.attention_head_dim = (False, True, True, True), 64
+    m.cross_attention_dim, m.clip_embeddings_dim = 1536, 768
+  else:
+    m.image_size, m.text_len = 64, 256
+    m.block_out_channels, m.layers_per_block = (512, 1024, 1536, 2048), 3
+    m.attention_levels, m.attention_head_dim = (False, True, True, True), 64
+    m.cross_attention_dim, m.clip_embeddings_dim = 2048, 1024
+  m.dropout = 0.0 if name == "tiny" else 0.1
+  m.dtype = "float32" if name == "tiny" else "bfloat16"
+  m.remat = name != "tiny"
+  return m
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  name = arg or "tiny"
+  if name not in PRESETS:
+    raise ValueError(f"unknown decoder preset {name!r}; choose one of {', '.join(PRESETS)}")
+  config = ml_collections.ConfigDict()
+  config.preset = name
+  config.stage = "decoder"
+  config.seed = 0
+  config.model = _model(name)
+  config.diffusion = diffusion_config("decoder", "paper" if name == "paper" else "karlo")
+
+  train = ml_collections.ConfigDict()
+  # Paper Table 3 (64px decoder): batch 2048, 800K iterations, lr 1.2e-4, beta2 0.999, eps 1e-8, EMA 0.9999.
+  train.batch_size = 2048
+  train.steps = 800_000 if name == "paper" else 1_000_000
+  train.lr = 1.2e-4
+  train.warmup_steps = 10_000
+  train.weight_decay = 0.0
+  train.b1, train.b2, train.eps = 0.9, 0.999, 1e-8
+  train.ema_decay = 0.9999
+  train.grad_clip_norm = 1.0
+  # Classifier-free guidance dropout: CLIP image embedding → learned embedding; caption → empty caption.
+  train.clip_emb_drop = 0.1
+  train.text_drop = 0.5 if name == "paper" else 0.3
+  train.log_every = 100
+  train.checkpoint_every = 5_000
+  config.train = train
+
+  data = ml_collections.ConfigDict()
+  data.name = "embeddings"
+  data.image_size = config.model.image_size
+  config.data = data
+
+  if name == "tiny":
+    data.name = "shapes"
+    train.batch_size, train.steps, train.lr, train.warmup_steps = 16, 200, 1e-3, 10
+    train.log_every, train.checkpoint_every = 50, 100
+  return config

@@ -1,0 +1,113 @@
+"""Super-resolution configs. The argument picks flavour and stage: `FLAVOUR[_STAGE]`.
+
+    FLAVOUR  tiny | karlo | paper
+    STAGE    64_256 (default) | 256_1024     (Karlo released only 64→256)
+
+e.g. `tiny`, `tiny_256_1024`, `karlo_64_256`, `paper_256_1024`. Run:
+
+    python -m unclip_jax.train --config configs/upsampler.py:karlo_64_256 --workdir /tmp/sr_64_256
+
+`config.model` holds the fields of `unclip_jax.models.unet.UNet` for an attention-free UNet whose input is
+the noisy high-resolution image concatenated with the upsampled low-resolution one (6 channels); build
+it with `unclip_jax.models.unet.unet_from_config(config.model, decoder=False)`. Sizes:
+  * karlo_64_256: diffusers' super_res_first/_last: 320 ch, mult 1,2,3,4, 3 res blocks, plain (not
+    scale-shift) time conditioning, as diffusers' conversion builds it; ≈0.70B each.
+  * paper_64_256: 320 ch, depth 3, mult 1,2,3,4, scale-shift (ADM), ≈0.70B.
+  * paper_256_1024: 192 ch, depth 2, mult 1,1,2,2,4,4, scale-shift, ≈0.30B.
+`config.degrade` is the conditioning corruption of `unclip_jax.data.degrade`: "blur" (σ 0.6, kernel 3)
+for 64→256, "bsr" for 256→1024. `config.diffusion` is `diffusion_config("sr_64_256" | "sr_256_1024", ...)`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from unclip_jax.diffusion.config import diffusion_config
+
+FLAVOURS = ("tiny", "karlo", "paper")
+STAGES = ("64_256", "256_1024")
+
+
+def parse(arg: str | None) -> tuple[str, str]:
+  """'paper_256_1024' → ('paper', '256_1024'); a bare flavour means 64→256."""
+  name = arg or "tiny"
+  flavour, _, stage = name.partition("_")
+  stage = stage or "64_256"
+  if flavour not in FLAVOURS or stage not in STAGES:
+    raise ValueError(f"unknown upsampler preset {name!r}; use FLAVOUR[_STAGE] with FLAVOUR in "
+                     f"{', '.join(FLAVOURS)} and STAGE in {', '.join(STAGES)}")
+  if flavour == "karlo" and stage != "64_256":
+    raise ValueError("Karlo released only a 64→256 upsampler; use karlo_64_256 or paper_256_1024")
+  return flavour, stage
+
+
+def _model(flavour: str, stage: str) -> ml_collections.ConfigDict:
+  m = ml_collections.ConfigDict()
+  m.in_channels, m.out_channels = 6, 3
+  m.norm_groups = 32
+  m.scale_shift = flavour != "karlo"
+  low, high = (64, 256) if stage == "64_256" else (256, 1024)
+  if flavour == "tiny":
+    low, high = (8, 32) if stage == "64_256" else (16, 64)
+    m.block_out_channels, m.layers_per_block, m.norm_groups = (32, 64), 1, 8
+  elif stage == "64_256":
+    m.block_out_channels, m.layers_per_block = (320, 640, 960, 1280), 3
+  else:
+    m.block_out_channels, m.layers_per_block = (192, 192, 384, 384, 768, 768), 2
+  m.attention_levels = (False,) * len(m.block_out_channels)
+  m.mid_attention = False
+  m.low_res_size, m.image_size = low, high
+  m.dropout = 0.1 if (flavour == "paper" and stage == "64_256") else 0.0
+  m.dtype = "float32" if flavour == "tiny" else "bfloat16"
+  m.remat = flavour != "tiny"
+  return m
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  flavour, stage = parse(arg)
+  config = ml_collections.ConfigDict()
+  config.preset = f"{flavour}_{stage}"
+  config.stage = f"sr_{stage}"
+  config.seed = 0
+  config.model = _model(flavour, stage)
+  config.diffusion = diffusion_config(f"sr_{stage}", "paper" if flavour == "paper" else "karlo")
+
+  d = ml_collections.ConfigDict()
+  if stage == "64_256":
+    d.kind = "blur"  # unclip_jax.data.degrade.gaussian_blur_augment
+    d.sigma, d.kernel_size = 0.6, 3
+  else:
+    d.kind = "bsr"  # unclip_jax.data.degrade.bsr_degrade
+    d.blur_sigma_range, d.blur_kernel = (0.2, 2.0), 7
+    d.down_factors, d.noise_std_range = (1, 2, 4), (0.0, 0.08)
+    d.jpeg_prob = 0.0
+  config.degrade = d
+
+  train = ml_collections.ConfigDict()
+  # Paper Table 3: 64→256 batch 1024, lr 1.2e-4; 256→1024 batch 512, lr 1.0e-4; 1M iterations; EMA 0.9999;
+  # both train on random crops of 1/4 the image size.
+  train.batch_size = 1024 if stage == "64_256" else 512
+  train.steps = 1_000_000
+  train.lr = 1.2e-4 if stage == "64_256" else 1.0e-4
+  train.warmup_steps = 10_000
+  train.weight_decay = 0.0
+  train.b1, train.b2, train.eps = 0.9, 0.999, 1e-8
+  train.ema_decay = 0.9999
+  train.grad_clip_norm = 1.0
+  train.crop_fraction = 0.25
+  train.log_every = 100
+  train.checkpoint_every = 5_000
+  config.train = train
+
+  data = ml_collections.ConfigDict()
+  data.name = "images"
+  data.image_size = config.model.image_size
+  data.low_res_size = config.model.low_res_size
+  config.data = data
+
+  if flavour == "tiny":
+    data.name = "shapes"
+    train.crop_fraction = 1.0
+    train.batch_size, train.steps, train.lr, train.warmup_steps = 16, 200, 1e-3, 10
+    train.log_every, train.checkpoint_every = 50, 100
+  return config
