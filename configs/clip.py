@@ -17,6 +17,7 @@ import math
 import ml_collections
 
 from unclip_jax.models.clip import PRESETS
+from unclip_jax.train.optim import optim_config
 
 _MODEL = {"tiny": "tiny", "vit_b32": "ViT-B/32", "vit_l14": "ViT-L/14"}
 
@@ -41,15 +42,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.model = _model(name)
 
+  # OpenCLIP's recipe; no EMA (neither OpenCLIP nor big_vision keeps one for CLIP).
+  config.optim = optim_config(lr=5e-4, warmup_steps=10_000, weight_decay=0.2, b2=0.98, eps=1e-6, ema_decay=0.0)
   train = ml_collections.ConfigDict()
   train.loss = "softmax"  # 'softmax' (CLIP InfoNCE) | 'sigmoid' (SigLIP)
   train.batch_size = 32768  # global batch, split over all devices
   train.steps = 100_000
-  train.lr = 5e-4
-  train.warmup_steps = 10_000
-  train.weight_decay = 0.2
-  train.b1, train.b2, train.eps = 0.9, 0.98, 1e-6
-  train.grad_clip_norm = 1.0
   train.max_logit_scale = math.log(100.0)
   train.log_every = 100
   train.checkpoint_every = 5_000
@@ -64,12 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     data.name = "shapes"  # unclip_jax.data.shapes, 32x32 procedural captioned scenes
     train.batch_size = 64
     train.steps = 300
-    train.lr = 3e-3
-    train.warmup_steps = 20
-    train.weight_decay = 0.0
+    config.optim.update(dict(lr=3e-3, warmup_steps=20, weight_decay=0.0))
     train.log_every = 50
     train.checkpoint_every = 100
   elif name == "vit_l14":
-    train.lr = 4e-4
-    train.warmup_steps = 2_000
+    config.optim.update(dict(lr=4e-4, warmup_steps=2_000))
   return config

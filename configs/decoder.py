@@ -23,6 +23,7 @@ from __future__ import annotations
 import ml_collections
 
 from unclip_jax.diffusion.config import diffusion_config
+from unclip_jax.train.optim import optim_config
 
 PRESETS = ("tiny", "karlo", "paper")
 
@@ -67,16 +68,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = _model(name)
   config.diffusion = diffusion_config("decoder", "paper" if name == "paper" else "karlo")
 
-  train = ml_collections.ConfigDict()
   # Paper Table 3 (64px decoder): batch 2048, 800K iterations, lr 1.2e-4, beta2 0.999, eps 1e-8, EMA 0.9999.
+  config.optim = optim_config(lr=1.2e-4, warmup_steps=10_000, b2=0.999, eps=1e-8, ema_decay=0.9999)
+  train = ml_collections.ConfigDict()
   train.batch_size = 2048
   train.steps = 800_000 if name == "paper" else 1_000_000
-  train.lr = 1.2e-4
-  train.warmup_steps = 10_000
-  train.weight_decay = 0.0
-  train.b1, train.b2, train.eps = 0.9, 0.999, 1e-8
-  train.ema_decay = 0.9999
-  train.grad_clip_norm = 1.0
   # Classifier-free guidance dropout: CLIP image embedding → learned embedding; caption → empty caption.
   train.clip_emb_drop = 0.1
   train.text_drop = 0.5 if name == "paper" else 0.3
@@ -91,6 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if name == "tiny":
     data.name = "shapes"
-    train.batch_size, train.steps, train.lr, train.warmup_steps = 16, 200, 1e-3, 10
+    train.batch_size, train.steps = 16, 200
+    config.optim.update(dict(lr=1e-3, warmup_steps=10, ema_decay=0.99))
     train.log_every, train.checkpoint_every = 50, 100
   return config

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ml_collections
 
 from unclip_jax.diffusion.config import diffusion_config
+from unclip_jax.train.optim import optim_config
 
 PRESETS = ("tiny", "karlo", "paper")
 
@@ -51,16 +52,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = _model(name)
   config.diffusion = diffusion_config("prior", "paper" if name == "paper" else "karlo")
 
-  train = ml_collections.ConfigDict()
   # Paper Table 3 (diffusion prior): batch 4096, 600K iterations, lr 1.1e-4, wd 6e-2, beta2 0.96, eps 1e-6, EMA 0.9999.
+  config.optim = optim_config(lr=1.1e-4, warmup_steps=10_000, weight_decay=6.0e-2, b2=0.96, eps=1e-6,
+                              ema_decay=0.9999)
+  train = ml_collections.ConfigDict()
   train.batch_size = 4096
   train.steps = 600_000 if name == "paper" else 1_000_000
-  train.lr = 1.1e-4
-  train.warmup_steps = 10_000
-  train.weight_decay = 6.0e-2
-  train.b1, train.b2, train.eps = 0.9, 0.96, 1e-6
-  train.ema_decay = 0.9999
-  train.grad_clip_norm = 1.0
   train.text_drop = 0.1 if name == "paper" else 0.2  # classifier-free guidance: text conditioning dropped
   train.log_every = 100
   train.checkpoint_every = 5_000
@@ -72,6 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if name == "tiny":
     data.name = "shapes"
-    train.batch_size, train.steps, train.lr, train.warmup_steps = 32, 200, 1e-3, 10
+    train.batch_size, train.steps = 32, 200
+    config.optim.update(dict(lr=1e-3, warmup_steps=10, ema_decay=0.99))
     train.log_every, train.checkpoint_every = 50, 100
   return config

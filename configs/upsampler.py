@@ -23,6 +23,7 @@ from __future__ import annotations
 import ml_collections
 
 from unclip_jax.diffusion.config import diffusion_config
+from unclip_jax.train.optim import optim_config
 
 FLAVOURS = ("tiny", "karlo", "paper")
 STAGES = ("64_256", "256_1024")
@@ -83,17 +84,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.jpeg_prob = 0.0
   config.degrade = d
 
-  train = ml_collections.ConfigDict()
   # Paper Table 3: 64→256 batch 1024, lr 1.2e-4; 256→1024 batch 512, lr 1.0e-4; 1M iterations; EMA 0.9999;
   # both train on random crops of 1/4 the image size.
+  config.optim = optim_config(lr=1.2e-4 if stage == "64_256" else 1.0e-4, warmup_steps=10_000, b2=0.999,
+                              eps=1e-8, ema_decay=0.9999)
+  train = ml_collections.ConfigDict()
   train.batch_size = 1024 if stage == "64_256" else 512
   train.steps = 1_000_000
-  train.lr = 1.2e-4 if stage == "64_256" else 1.0e-4
-  train.warmup_steps = 10_000
-  train.weight_decay = 0.0
-  train.b1, train.b2, train.eps = 0.9, 0.999, 1e-8
-  train.ema_decay = 0.9999
-  train.grad_clip_norm = 1.0
   train.crop_fraction = 0.25
   train.log_every = 100
   train.checkpoint_every = 5_000
@@ -108,6 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if flavour == "tiny":
     data.name = "shapes"
     train.crop_fraction = 1.0
-    train.batch_size, train.steps, train.lr, train.warmup_steps = 16, 200, 1e-3, 10
+    train.batch_size, train.steps = 16, 200
+    config.optim.update(dict(lr=1e-3, warmup_steps=10, ema_decay=0.99))
     train.log_every, train.checkpoint_every = 50, 100
   return config
