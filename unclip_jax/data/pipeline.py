@@ -1,0 +1,86 @@
+"""Reading prepared datasets: tfds array_record sources fed through grain.
+
+Each process reads its own shard (`jax.process_index()` of `jax.process_count()`), shuffles
+deterministically from the run's seed, and yields host-local batches. The grain iterator's state is a
+small byte string the trainer stores in its checkpoint, so a resumed run continues with exactly the
+examples it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import grain.python as grain
+import numpy as np
+
+from unclip_jax.errors import UserError
+
+PREPARE_HINT = "prepare it with `python -m unclip_jax.data.prepare {name} --data_dir {data_dir}`"
+
+
+def dataset_dir(data_dir: str | Path, name: str, config: str | None = None) -> Path:
+  """The newest prepared version folder of `name` (and builder `config`) under `data_dir`."""
+  root = Path(data_dir)
+  if not root.is_dir():
+    raise UserError(f"data directory {root} does not exist; " + PREPARE_HINT.format(name=name, data_dir=root))
+  base = root / name / (config or "")
+  versions = sorted((p for p in base.glob("*.*.*") if (p / "dataset_info.json").is_file()),
+                    key=lambda p: tuple(int(x) for x in p.name.split(".") if x.isdigit()))
+  if not versions:
+    what = f"{name}/{config}" if config else name
+    raise UserError(f"no prepared {what} dataset under {root}; " + PREPARE_HINT.format(name=name, data_dir=root))
+  return versions[-1]
+
+
+def open_source(data_dir: str | Path, name: str, split: str, config: str | None = None):
+  """A random-access data source (`len`, `[i]` → dict of numpy values) for one split."""
+  import tensorflow_datasets as tfds  # slow import, kept off the CLI start-up path
+
+  path = dataset_dir(data_dir, name, config)
+  builder = tfds.builder_from_directory(str(path))
+  if split not in builder.info.splits:
+    raise UserError(f"dataset {path} has no split {split!r}; it has: {', '.join(builder.info.splits)}")
+  return builder.as_data_source(split=split)
+
+
+class ImageCaption(grain.MapTransform):
+  """uint8 HWC image → float32 in [-1, 1]; caption bytes → str; spec JSON → dict (when present)."""
+
+  def map(self, example: dict[str, Any]) -> dict[str, Any]:
+    out = {"image": np.asarray(example["image"], np.float32) / 127.5 - 1.0,
+           "caption": _text(example["caption"])}
+    if "spec" in example:
+      out["spec"] = _text(example["spec"])
+    return out
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def make_loader(source, *, batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
+                process_index: int = 0, process_count: int = 1, operations=(),
+                worker_count: int = 0) -> grain.DataLoader:
+  """A grain loader over this process's shard of `source`, yielding batches of `batch_size` examples.
+
+  `batch_size` is per process (the global batch divided by the process count). `operations` are
+  grain transforms applied per example before batching (default: `ImageCaption`).
+  """
+  if batch_size < 1:
+    raise UserError(f"batch size must be positive, got {batch_size}")
+  per_shard = len(source) // process_count
+  if per_shard < batch_size:
+    raise UserError(f"the dataset has {len(source)} examples, {per_shard} per process: too few for a batch "
+                    f"of {batch_size}; prepare more data or lower the batch size")
+  sampler = grain.IndexSampler(num_records=len(source), shuffle=shuffle, seed=seed, num_epochs=num_epochs,
+                               shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True))
+  ops = list(operations) or [ImageCaption()]
+  return grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
+                          operations=ops + [grain.Batch(batch_size, drop_remainder=True)])
+
+
+def specs(batch: dict[str, Any]) -> list[dict[str, Any]]:
+  """The decoded per-example specs of a batch from a builder that stores them (e.g. `shapes`)."""
+  return [json.loads(s) for s in batch["spec"]]
