@@ -18,6 +18,7 @@ import ml_collections
 
 from unclip_jax.models.clip import PRESETS
 from unclip_jax.train.optim import optim_config
+from unclip_jax.train.run_config import data_config, train_config
 
 _MODEL = {"tiny": "tiny", "vit_b32": "ViT-B/32", "vit_l14": "ViT-L/14"}
 
@@ -44,22 +45,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # OpenCLIP's recipe; no EMA (neither OpenCLIP nor big_vision keeps one for CLIP).
   config.optim = optim_config(lr=5e-4, warmup_steps=10_000, weight_decay=0.2, b2=0.98, eps=1e-6, ema_decay=0.0)
-  train = ml_collections.ConfigDict()
-  train.loss = "softmax"  # 'softmax' (CLIP InfoNCE) | 'sigmoid' (SigLIP)
-  train.batch_size = 32768  # global batch, split over all devices
-  train.steps = 100_000
-  train.max_logit_scale = math.log(100.0)
-  train.log_every = 100
-  train.checkpoint_every = 5_000
-  config.train = train
-
-  data = ml_collections.ConfigDict()
-  data.name = "image_text"  # the user's own image + caption folders or webdataset shards (data issue)
-  data.image_size = config.model.image_size
-  config.data = data
+  # loss: 'softmax' (CLIP InfoNCE) | 'sigmoid' (SigLIP; needs model.init_logit_bias)
+  config.train = train = train_config(32768, 100_000, loss="softmax", max_logit_scale=math.log(100.0))
+  # The user's own image + caption folders or webdataset shards (`prepare image_text --name ...`).
+  config.data = data = data_config("image_text", "", image_size=config.model.image_size)
 
   if name == "tiny":
-    data.name = "shapes"  # unclip_jax.data.shapes, 32x32 procedural captioned scenes
+    data.name, data.config = "shapes", "32"  # `prepare shapes --image_size 32`: 32x32 captioned scenes
     train.batch_size = 64
     train.steps = 300
     config.optim.update(dict(lr=3e-3, warmup_steps=20, weight_decay=0.0))

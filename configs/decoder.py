@@ -24,6 +24,7 @@ import ml_collections
 
 from unclip_jax.diffusion.config import diffusion_config
 from unclip_jax.train.optim import optim_config
+from unclip_jax.train.run_config import data_config, train_config
 
 PRESETS = ("tiny", "karlo", "paper")
 
@@ -70,23 +71,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Paper Table 3 (64px decoder): batch 2048, 800K iterations, lr 1.2e-4, beta2 0.999, eps 1e-8, EMA 0.9999.
   config.optim = optim_config(lr=1.2e-4, warmup_steps=10_000, b2=0.999, eps=1e-8, ema_decay=0.9999)
-  train = ml_collections.ConfigDict()
-  train.batch_size = 2048
-  train.steps = 800_000 if name == "paper" else 1_000_000
   # Classifier-free guidance dropout: CLIP image embedding → learned embedding; caption → empty caption.
-  train.clip_emb_drop = 0.1
-  train.text_drop = 0.5 if name == "paper" else 0.3
-  train.log_every = 100
-  train.checkpoint_every = 5_000
-  config.train = train
-
-  data = ml_collections.ConfigDict()
-  data.name = "embeddings"
-  data.image_size = config.model.image_size
-  config.data = data
+  config.train = train = train_config(2048, 800_000 if name == "paper" else 1_000_000, clip_emb_drop=0.1,
+                                      text_drop=0.5 if name == "paper" else 0.3, sample_every=5_000)
+  config.data = data = data_config("embedded", "", image_size=config.model.image_size)
 
   if name == "tiny":
-    data.name = "shapes"
+    data.config = "shapes32"  # the embedded 32px shapes (README); the decoder stage downsamples to 16px
     train.batch_size, train.steps = 16, 200
     config.optim.update(dict(lr=1e-3, warmup_steps=10, ema_decay=0.99))
     train.log_every, train.checkpoint_every = 50, 100

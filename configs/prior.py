@@ -20,6 +20,7 @@ import ml_collections
 
 from unclip_jax.diffusion.config import diffusion_config
 from unclip_jax.train.optim import optim_config
+from unclip_jax.train.run_config import data_config, train_config
 
 PRESETS = ("tiny", "karlo", "paper")
 
@@ -55,20 +56,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Paper Table 3 (diffusion prior): batch 4096, 600K iterations, lr 1.1e-4, wd 6e-2, beta2 0.96, eps 1e-6, EMA 0.9999.
   config.optim = optim_config(lr=1.1e-4, warmup_steps=10_000, weight_decay=6.0e-2, b2=0.96, eps=1e-6,
                               ema_decay=0.9999)
-  train = ml_collections.ConfigDict()
-  train.batch_size = 4096
-  train.steps = 600_000 if name == "paper" else 1_000_000
-  train.text_drop = 0.1 if name == "paper" else 0.2  # classifier-free guidance: text conditioning dropped
-  train.log_every = 100
-  train.checkpoint_every = 5_000
-  config.train = train
-
-  data = ml_collections.ConfigDict()
-  data.name = "embeddings"  # the derived dataset of CLIP text tokens / text emb / image emb (DESIGN.md)
-  config.data = data
+  # text_drop: classifier-free guidance, the caption replaced by the empty caption's encoding.
+  config.train = train = train_config(4096, 600_000 if name == "paper" else 1_000_000,
+                                      text_drop=0.1 if name == "paper" else 0.2)
+  # The derived dataset `python -m unclip_jax.embed --name NAME` writes (tokens, text and image embeddings).
+  config.data = data = data_config("embedded", "")
 
   if name == "tiny":
-    data.name = "shapes"
+    data.config = "shapes32"  # `python -m unclip_jax.embed ... --dataset shapes --dataset_config 32 --name shapes32`
     train.batch_size, train.steps = 32, 200
     config.optim.update(dict(lr=1e-3, warmup_steps=10, ema_decay=0.99))
     train.log_every, train.checkpoint_every = 50, 100

@@ -24,6 +24,7 @@ import ml_collections
 
 from unclip_jax.diffusion.config import diffusion_config
 from unclip_jax.train.optim import optim_config
+from unclip_jax.train.run_config import data_config, train_config
 
 FLAVOURS = ("tiny", "karlo", "paper")
 STAGES = ("64_256", "256_1024")
@@ -88,22 +89,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # both train on random crops of 1/4 the image size.
   config.optim = optim_config(lr=1.2e-4 if stage == "64_256" else 1.0e-4, warmup_steps=10_000, b2=0.999,
                               eps=1e-8, ema_decay=0.9999)
-  train = ml_collections.ConfigDict()
-  train.batch_size = 1024 if stage == "64_256" else 512
-  train.steps = 1_000_000
-  train.crop_fraction = 0.25
-  train.log_every = 100
-  train.checkpoint_every = 5_000
-  config.train = train
-
-  data = ml_collections.ConfigDict()
-  data.name = "images"
-  data.image_size = config.model.image_size
-  data.low_res_size = config.model.low_res_size
-  config.data = data
+  # crop_fraction: train on random crops of this fraction of the image side (convolutions only).
+  config.train = train = train_config(1024 if stage == "64_256" else 512, 1_000_000, crop_fraction=0.25)
+  config.data = data = data_config("image_text", "", image_size=config.model.image_size)
 
   if flavour == "tiny":
-    data.name = "shapes"
+    data.name, data.config = "shapes", "32"
     train.crop_fraction = 1.0
     train.batch_size, train.steps = 16, 200
     config.optim.update(dict(lr=1e-3, warmup_steps=10, ema_decay=0.99))

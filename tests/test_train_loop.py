@@ -1,0 +1,136 @@
+"""The shared training loop on the tiny CLIP stage: exact resume, device-count invariance, guards,
+checkpoints, and the CLI's handling of bad input."""
+
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from unclip_jax.data import prepare
+from unclip_jax.errors import UserError, run_cli
+from unclip_jax.train import __main__ as train_cli
+from unclip_jax.train import config_loader, loop
+from unclip_jax.train.metrics import read_metrics
+
+CONFIG = "configs/clip.py:tiny"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("data")
+  builder = prepare.prepare_shapes(str(root), image_size=32, train_size=64, heldout_size=8)
+  return str(root), builder.builder_config.name
+
+
+def tiny_config(data_dir, **overrides):
+  root, name = data_dir
+  config = config_loader.load_config_file(CONFIG)
+  settings = {"data.data_dir": root, "data.config": name, "train.steps": 6, "train.batch_size": 16,
+              "train.log_every": 1, "train.checkpoint_every": 2, **overrides}
+  return config_loader.apply_overrides(config, [f"{k}={v}" for k, v in settings.items()])
+
+
+def leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def test_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_path):
+  straight = loop.train(tiny_config(data_dir), tmp_path / "straight", progress=False)
+  first = loop.train(tiny_config(data_dir), tmp_path / "resumed", stop_after=3, progress=False)
+  assert first.stopped_early and first.final_step == 3
+  assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["2", "3"]
+  second = loop.train(tiny_config(data_dir), tmp_path / "resumed", progress=False)
+  assert second.start_step == 3 and second.final_step == 6
+  a = [r["loss"] for r in read_metrics(tmp_path / "straight")]
+  b = [r["loss"] for r in read_metrics(tmp_path / "resumed")]
+  assert len(a) == 6 and a == b  # same data order, same randomness: identical losses
+  for x, y in zip(leaves(straight.state), leaves(second.state)):
+    np.testing.assert_array_equal(x, y)
+  assert (tmp_path / "straight" / "export" / "stage.json").is_file()
+
+
+def test_one_device_and_eight_devices_give_the_same_loss_curve(data_dir, tmp_path):
+  eight = loop.train(tiny_config(data_dir, **{"train.steps": 4}), tmp_path / "eight", progress=False)
+  one = loop.train(tiny_config(data_dir, **{"train.steps": 4, "train.num_devices": 1}), tmp_path / "one",
+                   progress=False)
+  a = [r["loss"] for r in read_metrics(tmp_path / "eight")]
+  b = [r["loss"] for r in read_metrics(tmp_path / "one")]
+  np.testing.assert_allclose(a, b, rtol=2e-4)
+  for x, y in zip(leaves(eight.state.params), leaves(one.state.params)):
+    np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-5)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+  real = loop.make_train_step
+
+  def poisoned(*args, **kwargs):
+    step = real(*args, **kwargs)
+    calls = []
+
+    def wrapped(state, batch):
+      calls.append(1)
+      new_state, metrics = step(state, batch)
+      if len(calls) == 3:
+        metrics = dict(metrics, loss=np.float32(np.nan))
+      return new_state, metrics
+
+    return wrapped
+
+  monkeypatch.setattr(loop, "make_train_step", poisoned)
+  with pytest.raises(loop.TrainingDiverged, match=r"non-finite loss \(nan\).*at step 3.*step 2\) is kept"):
+    loop.train(tiny_config(data_dir), tmp_path / "run", progress=False)
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2"]
+
+
+def test_sigterm_saves_and_stops(data_dir, tmp_path, monkeypatch):
+  real = loop.make_train_step
+
+  def signalling(*args, **kwargs):
+    step = real(*args, **kwargs)
+    calls = []
+
+    def wrapped(state, batch):
+      calls.append(1)
+      if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)  # the loop finishes this step, saves it and returns
+      return step(state, batch)
+
+    return wrapped
+
+  monkeypatch.setattr(loop, "make_train_step", signalling)
+  result = loop.train(tiny_config(data_dir), tmp_path / "run", progress=False)
+  assert result.stopped_early and result.final_step == 3
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "3"]
+  assert not (tmp_path / "run" / "export").exists()
+
+
+def test_a_workdir_of_another_run_is_refused_untouched(data_dir, tmp_path):
+  loop.train(tiny_config(data_dir, **{"train.steps": 2}), tmp_path / "run", progress=False)
+  before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+  other = tiny_config(data_dir, **{"train.steps": 2, "optim.lr": 0.5})
+  with pytest.raises(UserError, match=r"holds checkpoints of another run \(optim.lr: 0.003 in the checkpoint, 0.5 now"):
+    loop.train(other, tmp_path / "run", progress=False)
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "configs/clip.py:huge", "--workdir", "W"], "unknown CLIP preset 'huge'"),
+    (["--config", "configs/nope.py", "--workdir", "W"], "config file configs/nope.py does not exist"),
+    (["--config", CONFIG, "--workdir", "W", "--config.train.stepz=3"],
+     "unknown config key 'train.stepz': train has no field 'stepz'"),
+    (["--config", CONFIG, "--workdir", "W", "--config.train.steps=many"], "bad value for config key 'train.steps'"),
+    (["--config", CONFIG, "--workdir", "W", "--data_dir", "/nonexistent/data"], "data directory /nonexistent/data does not exist"),
+    (["--config", CONFIG, "--workdir", "W"], "no data directory: pass --data_dir DIR"),
+    (["--workdir", "W"], "the following arguments are required: --config"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+  args = [a.replace("W", str(tmp_path / "w")) if a == "W" else a for a in args]
+  with pytest.raises(SystemExit) as e:
+    run_cli(train_cli.main, args)
+  err = capsys.readouterr().err
+  assert e.value.code == 2, err
+  assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+  assert not (tmp_path / "w" / "checkpoints").exists() or not os.listdir(tmp_path / "w" / "checkpoints")

@@ -1,0 +1,101 @@
+"""Run checkpoints: an orbax `CheckpointManager` under `WORKDIR/checkpoints`, saved asynchronously.
+
+Each step folder holds the train state (params, EMA, optimizer state, step, non-trained variables), the
+data iterator's state and the run's config. A run resumes from the latest step automatically. A workdir
+whose checkpoints were made by a different model, diffusion, optimizer, data or batch setting is refused
+rather than silently mixed, and nothing in it is touched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from unclip_jax.errors import UserError
+
+# Fields that define a run: a checkpoint made with other values belongs to another run.
+IDENTITY_PREFIXES = ("stage", "seed", "model", "diffusion", "optim", "data.name", "data.config",
+                     "train.batch_size", "train.loss")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(_flatten(value, path + "."))
+    else:
+      out[path] = value
+  return out
+
+
+def _json_roundtrip(config: ml_collections.ConfigDict | dict) -> dict:
+  tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+  return json.loads(json.dumps(tree, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
+  """The identity fields on which a saved config and the current one differ."""
+  a, b = _flatten(_json_roundtrip(saved)), _flatten(_json_roundtrip(current))
+  keys = sorted(k for k in set(a) | set(b) if k.startswith(IDENTITY_PREFIXES))
+  return [f"{k}: {a.get(k, '<absent>')!r} in the checkpoint, {b.get(k, '<absent>')!r} now"
+          for k in keys if a.get(k) != b.get(k)]
+
+
+class RunCheckpoints:
+  """Saves and restores a run's state in `workdir/checkpoints`."""
+
+  def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict, *, keep: int = 3):
+    import orbax.checkpoint as ocp
+
+    self._ocp = ocp
+    self.directory = Path(workdir).absolute() / "checkpoints"
+    self.config = config
+    self.manager = ocp.CheckpointManager(
+        self.directory, item_names=("state", "data", "config"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True))
+    self._check_same_run()
+
+  def _check_same_run(self) -> None:
+    step = self.manager.latest_step()
+    if step is None:
+      return
+    saved = self.manager.restore(step, args=self._ocp.args.Composite(config=self._ocp.args.JsonRestore()))["config"]
+    differences = config_differences(saved, self.config)
+    if differences:
+      raise UserError(f"{self.directory.parent} holds checkpoints of another run ({differences[0]}"
+                      + (f"; {len(differences) - 1} more differences" if len(differences) > 1 else "")
+                      + "); use a new --workdir")
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_state: bytes | None) -> None:
+    """Starts an asynchronous save of `state` at `step` (arrays are copied before this returns)."""
+    ocp = self._ocp
+    host_state = jax.tree.map(np.asarray, jax.device_get(state))
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(host_state),
+        data=ocp.args.JsonSave({"iterator": data_state.decode("utf-8") if data_state else None}),
+        config=ocp.args.JsonSave(_json_roundtrip(self.config))), force=True)
+
+  def restore(self, step: int, abstract_state):
+    """(state, data iterator state or None) of `step`, shaped like `abstract_state`."""
+    ocp = self._ocp
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_state)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    iterator = restored["data"]["iterator"]
+    return restored["state"], (iterator.encode("utf-8") if iterator else None)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

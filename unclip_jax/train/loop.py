@@ -1,0 +1,213 @@
+"""The training loop all stages share: data → per-device step under `jax.pmap` → metrics, checkpoints.
+
+The step is written once, per device: the loss on the device's slice of the batch, gradients averaged
+with `pmean` over the device axis, one optimizer update. The train state enters and leaves replicated
+(`in_axes=None`, `out_axes=None`), so no replicate/unreplicate round trips are needed.
+
+Every step is waited for before the next is dispatched: that is where the NaN guard reads the loss, and
+on CPU it also avoids a deadlock of XLA's collectives when several multi-device steps are in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from unclip_jax import checkpoint as stage_checkpoint
+from unclip_jax import images as image_io
+from unclip_jax.data import pipeline
+from unclip_jax.errors import UserError
+from unclip_jax.train import optim
+from unclip_jax.train.checkpoints import RunCheckpoints
+from unclip_jax.train.metrics import MetricsWriter
+from unclip_jax.train.stages import get_stage
+from unclip_jax.train.stages.base import AXIS, device_arrays
+from unclip_jax.train.state import INIT_STREAM, SAMPLES_STREAM, TrainState, step_key
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class RunResult:
+  start_step: int
+  final_step: int
+  stopped_early: bool
+  state: Any
+
+
+def make_train_step(stage, tx: optax.GradientTransformation, config, devices):
+  """The pmapped train step: (replicated state, per-device batches) → (replicated state, metrics)."""
+  seed, ema_decay = int(config.seed), float(config.optim.ema_decay)
+  schedule = optim.learning_rate_schedule(config.optim, config.train.steps)
+
+  def per_device_step(state: TrainState, batch):
+    rng = jax.random.fold_in(step_key(seed, state.step), jax.lax.axis_index(AXIS))
+    (_, metrics), grads = jax.value_and_grad(stage.loss, has_aux=True)(state.params, state.extra, batch, rng)
+    grads = jax.lax.pmean(grads, AXIS)
+    metrics = jax.lax.pmean(metrics, AXIS)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["lr"] = schedule(state.step)
+    return state.apply_gradients(grads, tx, ema_decay, stage.postprocess), metrics
+
+  return jax.pmap(per_device_step, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None), devices=devices)
+
+
+def _shard(batch: dict[str, np.ndarray], n_devices: int) -> dict[str, np.ndarray]:
+  return {k: v.reshape((n_devices, v.shape[0] // n_devices) + v.shape[1:]) for k, v in batch.items()}
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step (then it saves and exits cleanly)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _devices(config):
+  wanted = int(config.train.get("num_devices", 0) or 0)
+  local = jax.local_devices()
+  if wanted < 0 or wanted > len(local):
+    raise UserError(f"train.num_devices={wanted} but this process has {len(local)} local devices")
+  return local[:wanted] if wanted else local
+
+
+def train(config, workdir: str | Path, *, stop_after: int | None = None, progress: bool = True) -> RunResult:
+  """Trains `config`'s stage in `workdir`, resuming from its latest checkpoint if there is one.
+
+  `stop_after` ends the run after that many steps as a preemption would (save, then return); the
+  next call resumes where it stopped.
+  """
+  workdir = Path(workdir)
+  stage = get_stage(config)
+  devices = _devices(config)
+  n_dev, n_proc = len(devices), jax.process_count()
+  total_steps, global_batch = int(config.train.steps), int(config.train.batch_size)
+  if total_steps < 1:
+    raise UserError(f"train.steps must be positive, got {total_steps}")
+  if global_batch % (n_dev * n_proc):
+    raise UserError(f"train.batch_size={global_batch} must be a multiple of the {n_dev * n_proc} devices")
+
+  source = stage.source()
+  loader = pipeline.make_loader(source, batch_size=global_batch // n_proc, seed=int(config.seed),
+                                operations=stage.operations(), process_index=jax.process_index(),
+                                process_count=n_proc)
+  iterator = iter(loader)
+  tx = optim.make_optimizer(config.optim, total_steps)
+
+  checkpoints = RunCheckpoints(workdir, config, keep=int(config.train.get("keep_checkpoints", 3)))
+  params, extra = stage.init(step_key(int(config.seed), INIT_STREAM))
+  state = TrainState.create(params, tx, ema=float(config.optim.ema_decay) > 0, extra=extra)
+  start = checkpoints.latest_step() or 0
+  if start:
+    state, data_state = checkpoints.restore(start, state)
+    if data_state is not None:
+      iterator.set_state(data_state)
+    print(f"resumed {workdir} at step {start}", flush=True)
+  last_saved = start
+
+  p_step = make_train_step(stage, tx, config, devices)
+  # Place the state as the step returns it (replicated over the device mesh), or the second call
+  # would compile the step again for the new input placement.
+  replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(devices), (AXIS,)),
+                                          jax.sharding.PartitionSpec())
+  state = jax.device_put(state, replicated)
+  writer = MetricsWriter(workdir)
+  log_every = max(1, int(config.train.get("log_every", 100)))
+  ckpt_every = max(1, int(config.train.get("checkpoint_every", 1000)))
+  sample_every = int(config.train.get("sample_every", 0) or 0)
+  bar = None
+  if progress and jax.process_index() == 0:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_steps, initial=start, desc=f"train {config.stage}", unit="step", dynamic_ncols=True)
+
+  step, stopped_early, sample_batch = start, False, None
+  window_start, window_steps = None, 0  # steps/s over the last logging window, compilation excluded
+  with _Preemption() as preemption:
+    try:
+      while step < total_steps:
+        if stop_after is not None and step - start >= stop_after:
+          stopped_early = True
+          break
+        host = next(iterator)
+        if sample_batch is None:
+          stage.check_example({k: v[0] for k, v in host.items()})
+          sample_batch = host
+        state, metrics = p_step(state, _shard(device_arrays(host), n_dev))
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        step += 1
+        if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+          raise TrainingDiverged(f"non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}) "
+                                 f"at step {step}; stopped without saving it. The last good checkpoint "
+                                 f"(step {last_saved}) is kept in {checkpoints.directory}")
+        if window_start is None:
+          window_start = time.perf_counter()
+        else:
+          window_steps += 1
+        if step % log_every == 0 or step == total_steps:
+          if window_steps:
+            metrics["steps_per_s"] = window_steps / max(time.perf_counter() - window_start, 1e-9)
+            window_start, window_steps = time.perf_counter(), 0
+          writer.write(step, metrics)
+        if bar is not None:
+          bar.update(1)
+          bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+        if step % ckpt_every == 0:
+          checkpoints.save(step, state, iterator.get_state())
+          last_saved = step
+        if sample_every and step % sample_every == 0:
+          _write_samples(stage, state, sample_batch, workdir, step, int(config.seed))
+        if preemption.requested:
+          stopped_early = True
+          print(f"\nSIGTERM: saving step {step} and exiting", flush=True)
+          break
+      if step != last_saved:
+        checkpoints.save(step, state, iterator.get_state())
+      if step == total_steps and not stopped_early:
+        export(stage, state, workdir / "export", step)
+    finally:
+      if bar is not None:
+        bar.close()
+      checkpoints.close()
+      writer.close()
+  return RunResult(start_step=start, final_step=step, stopped_early=stopped_early, state=state)
+
+
+def export(stage, state: TrainState, directory: Path, step: int) -> Path:
+  """Writes the stage checkpoint sampling uses (EMA parameters when the run keeps an EMA)."""
+  kind, tree, model_config = stage.export(jax.device_get(state.sampling_params()), jax.device_get(state.extra))
+  return stage_checkpoint.save_stage(directory, tree, kind=kind, config=model_config, overwrite=True,
+                                     extra={"step": int(step), "ema": bool(state.ema_params)})
+
+
+def _write_samples(stage, state, host_batch, workdir: Path, step: int, seed: int) -> None:
+  images = stage.samples(state.sampling_params(), state.extra, host_batch, step_key(seed, SAMPLES_STREAM))
+  if images is not None:
+    image_io.save_png(workdir / "samples" / f"step_{step:08d}.png", image_io.make_grid(np.asarray(images)))
