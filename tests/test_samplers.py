@@ -56,6 +56,9 @@ def test_guidance_scale_one_equals_the_unguided_conditional_sampler():
   np.testing.assert_allclose(np.asarray(guided), np.asarray(plain), rtol=1e-6, atol=1e-6)
   strong = D.sample(process, tiny_net(), SHAPE, key, cond=COND, uncond=UNCOND, guidance_scale=5.0)
   assert np.abs(np.asarray(strong) - np.asarray(plain)).max() > 1e-2  # guidance does something
+  # A Python-number scale inside jit is checked on the host, never traced.
+  jitted = jax.jit(lambda k: D.sample(process, tiny_net(), SHAPE, k, cond=COND, uncond=UNCOND, guidance_scale=5.0))
+  np.testing.assert_allclose(np.asarray(jitted(key)), np.asarray(strong), rtol=1e-5, atol=1e-5)
 
 
 def test_guidance_uses_one_doubled_batch_call_and_keeps_the_conditional_variance():

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 
@@ -22,7 +23,7 @@ def check_guidance_scale(scale) -> None:
   if scale is None or isinstance(scale, jax.core.Tracer):
     return
   try:
-    value = float(jnp.asarray(scale))
+    value = float(np.asarray(scale))  # host-side: never creates a traced value inside jit
   except (TypeError, ValueError):
     raise ValueError(f"guidance scale must be a finite number, got {scale!r}") from None
   if not math.isfinite(value):
