@@ -1,0 +1,86 @@
+"""Decoder stage: the 64px (tiny: 16px) image from its CLIP image embedding and caption, with the hybrid
+loss (learned variance). For classifier-free guidance the image embedding is swapped for the learned
+embedding `train.clip_emb_drop` of the time and the caption for the empty caption `train.text_drop` of
+the time (unCLIP §2.1). Every `train.sample_every` steps it draws a grid: data on top, samples below."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unclip_jax import diffusion
+from unclip_jax import images as image_io
+from unclip_jax.models import unet as unet_model
+from unclip_jax.train.stages.base import split_rngs
+from unclip_jax.train.stages.embedded import TEXT_KEYS, EmbeddedStage, drop_captions
+
+SAMPLE_COUNT = 8
+
+
+class DecoderStage(EmbeddedStage):
+  kind = "decoder"
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.model = unet_model.decoder_from_config(config.model)
+    self.process = diffusion.GaussianDiffusion.from_config(config.diffusion)
+    self.size = int(config.model.image_size)
+
+  def init(self, rng):
+    params = unet_model.init_decoder(self.model, rng, image_size=self.size,
+                                     text_len=int(self.config.model.text_len))["params"]
+    return params, {"null_text": self.empty_caption()}
+
+  def images(self, batch_images):
+    """Data images at the decoder's resolution (area-averaged when the dataset is larger)."""
+    if batch_images.shape[1] == self.size:
+      return batch_images
+    return jax.image.resize(batch_images, (batch_images.shape[0], self.size, self.size, 3), "linear", antialias=True)
+
+  def _apply(self, params, x_t, t, cond, rng=None):
+    """The decoder on conditioning `cond` (embeddings, states, mask, `image_dropped`); dropout iff `rng`."""
+    kwargs = {"deterministic": rng is None}
+    if rng is not None:
+      kwargs["rngs"] = {"dropout": rng}
+    return self.model.apply({"params": params}, x_t, t, cond["image_embedding"], cond["text_embedding"],
+                            cond["text_states"], cond["text_mask"], cond["image_dropped"], **kwargs)
+
+  def loss(self, params, extra, batch, rng):
+    keys = split_rngs(rng, ("text", "image", "t", "noise", "dropout"))
+    cond, _ = drop_captions(keys["text"], batch, extra["null_text"], float(self.config.train.text_drop))
+    cond["image_embedding"] = batch["image_embedding"]
+    cond["image_dropped"] = jax.random.bernoulli(keys["image"], float(self.config.train.clip_emb_drop),
+                                                 (batch["image_embedding"].shape[0],))
+    x0 = self.images(batch["image"])
+    t, weights = diffusion.sample_timesteps(keys["t"], x0.shape[0], self.process.num_timesteps)
+    noise = jax.random.normal(keys["noise"], x0.shape)
+    model_fn = lambda x_t, timesteps: self._apply(params, x_t, timesteps, cond, keys["dropout"])  # noqa: E731
+    terms = diffusion.training_losses(self.process, model_fn, x0, t, noise, loss=self.config.diffusion.loss)
+    loss = jnp.mean(terms["loss"] * weights)
+    metrics = {"loss": loss, "mse": jnp.mean(terms["mse"])}
+    if "vb" in terms:
+      metrics["vb"] = jnp.mean(terms["vb"])
+    return loss, metrics
+
+  def samples(self, params, extra, batch, rng):
+    """Guided samples for the first examples of `batch`, under the real images: a 2-row grid's content."""
+    n = min(SAMPLE_COUNT, batch["image"].shape[0])
+    cond = {k: jnp.asarray(batch[k][:n]) for k in TEXT_KEYS + ("image_embedding",)}
+    cond["image_dropped"] = jnp.zeros((n,), bool)
+    # Unconditional branch: empty caption and the learned embedding in place of the image embedding.
+    uncond = {k: jnp.broadcast_to(jnp.asarray(extra["null_text"][k])[None], cond[k].shape) for k in TEXT_KEYS}
+    uncond.update(image_embedding=cond["image_embedding"], image_dropped=jnp.ones((n,), bool))
+    s = self.config.diffusion.sample
+    process = self.process.respace(s.steps)
+    model_fn = lambda x_t, t, c: self._apply(params, x_t, t, c)  # noqa: E731
+    draw = jax.jit(lambda key: diffusion.sample(
+        process, model_fn, (n, self.size, self.size, 3), key, cond=cond, uncond=uncond,
+        guidance_scale=float(s.guidance_scale), sampler=s.sampler, eta=float(s.eta), clip_x0=float(s.clip_x0)))
+    real = image_io.to_uint8(self.images(jnp.asarray(batch["image"][:n])))
+    return np.concatenate([real, image_io.to_uint8(draw(rng))])
+
+  def export(self, params, extra):
+    del extra
+    return "decoder", params, {"preset": self.config.get("preset", ""), "stage": "decoder", "source": "training",
+                               "model": self.config.model.to_dict(), "diffusion": self.config.diffusion.to_dict()}

@@ -1,0 +1,49 @@
+"""Prior stage: predict the standardised CLIP image embedding x0 from its noised version and the caption
+(text embedding + per-token states), dropping the caption `train.text_drop` of the time (unCLIP §2.2)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from unclip_jax import diffusion
+from unclip_jax.data import embedded as embedded_data
+from unclip_jax.models import prior as prior_model
+from unclip_jax.train.stages.base import split_rngs
+from unclip_jax.train.stages.embedded import EmbeddedStage, drop_captions
+
+
+class PriorStage(EmbeddedStage):
+  kind = "prior"
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.model = prior_model.from_config(config.model)
+    self.process = diffusion.GaussianDiffusion.from_config(config.diffusion)
+
+  def init(self, rng):
+    variables = prior_model.init_variables(self.model, rng)
+    mean, std = embedded_data.clip_stats(self.metadata(), self.config.data.get("split", "train"))
+    stats = {"clip_mean": jnp.asarray(mean), "clip_std": jnp.asarray(std).clip(1e-6)}
+    return variables["params"], {"stats": stats, "null_text": self.empty_caption()}
+
+  def loss(self, params, extra, batch, rng):
+    keys = split_rngs(rng, ("drop", "t", "noise", "dropout"))
+    text, _ = drop_captions(keys["drop"], batch, extra["null_text"], float(self.config.train.text_drop))
+    x0 = prior_model.normalize_embeddings(extra["stats"], batch["image_embedding"])
+    t, weights = diffusion.sample_timesteps(keys["t"], x0.shape[0], self.process.num_timesteps)
+    noise = jax.random.normal(keys["noise"], x0.shape)
+
+    def model_fn(x_t, timesteps):
+      return self.model.apply({"params": params, "stats": extra["stats"]}, x_t, timesteps, text["text_embedding"],
+                              text["text_states"], text["text_mask"], deterministic=False,
+                              rngs={"dropout": keys["dropout"]})
+
+    terms = diffusion.training_losses(self.process, model_fn, x0, t, noise, loss=self.config.diffusion.loss)
+    loss = jnp.mean(terms["loss"] * weights)
+    return loss, {"loss": loss}
+
+  def export(self, params, extra):
+    return "prior", {"params": params, "stats": extra["stats"]}, {
+        "preset": self.config.get("preset", ""), "stage": "prior", "source": "training",
+        "model": self.config.model.to_dict(), "diffusion": self.config.diffusion.to_dict()}
