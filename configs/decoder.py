@@ -80,5 +80,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     data.config = "shapes32"  # the embedded 32px shapes (README); the decoder stage downsamples to 16px
     train.batch_size, train.steps = 16, 200
     config.optim.update(dict(lr=1e-3, warmup_steps=10, ema_decay=0.99))
-    train.log_every, train.checkpoint_every = 50, 100
+    train.log_every, train.checkpoint_every, train.sample_every = 50, 100, 100
   return config

@@ -20,7 +20,7 @@ from unclip_jax.errors import UserError
 
 # Fields that define a run: a checkpoint made with other values belongs to another run.
 IDENTITY_PREFIXES = ("stage", "seed", "model", "diffusion", "optim", "data.name", "data.config",
-                     "train.batch_size", "train.loss")
+                     "train.batch_size", "train.loss", "train.shard_optimizer")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -88,8 +88,13 @@ class RunCheckpoints:
     """(state, data iterator state or None) of `step`, shaped like `abstract_state`."""
     ocp = self._ocp
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_state)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    except (ValueError, KeyError, TypeError) as e:
+      first = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise UserError(f"the checkpoint at step {step} in {self.directory} does not fit this run (was the "
+                      f"number of devices changed with train.shard_optimizer on?): {first}") from None
     iterator = restored["data"]["iterator"]
     return restored["state"], (iterator.encode("utf-8") if iterator else None)
 

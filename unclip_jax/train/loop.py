@@ -26,7 +26,7 @@ from unclip_jax import checkpoint as stage_checkpoint
 from unclip_jax import images as image_io
 from unclip_jax.data import pipeline
 from unclip_jax.errors import UserError
-from unclip_jax.train import optim
+from unclip_jax.train import optim, zero
 from unclip_jax.train.checkpoints import RunCheckpoints
 from unclip_jax.train.metrics import MetricsWriter
 from unclip_jax.train.stages import get_stage
@@ -46,21 +46,32 @@ class RunResult:
   state: Any
 
 
-def make_train_step(stage, tx: optax.GradientTransformation, config, devices):
-  """The pmapped train step: (replicated state, per-device batches) → (replicated state, metrics)."""
+def make_train_step(stage, tx: optax.GradientTransformation, config, devices, layout=None):
+  """The pmapped train step: (replicated state, per-device batches) → (replicated state, metrics).
+
+  With a `zero.FlatLayout` the optimizer state and EMA are per-device slices (`opt_state` mapped over
+  the device axis) and the update is `zero.sharded_update`; everything else stays replicated.
+  """
   seed, ema_decay = int(config.seed), float(config.optim.ema_decay)
   schedule = optim.learning_rate_schedule(config.optim, config.train.steps)
 
   def per_device_step(state: TrainState, batch):
     rng = jax.random.fold_in(step_key(seed, state.step), jax.lax.axis_index(AXIS))
     (_, metrics), grads = jax.value_and_grad(stage.loss, has_aux=True)(state.params, state.extra, batch, rng)
-    grads = jax.lax.pmean(grads, AXIS)
     metrics = jax.lax.pmean(metrics, AXIS)
-    metrics["grad_norm"] = optax.global_norm(grads)
     metrics["lr"] = schedule(state.step)
+    if layout is not None:
+      params, shard, metrics["grad_norm"] = zero.sharded_update(layout, config.optim, config.train.steps,
+                                                                 state.params, grads, state.opt_state, AXIS)
+      return state.replace(step=state.step + 1, params=stage.postprocess(params), opt_state=shard), metrics
+    grads = jax.lax.pmean(grads, AXIS)
+    metrics["grad_norm"] = optax.global_norm(grads)
     return state.apply_gradients(grads, tx, ema_decay, stage.postprocess), metrics
 
-  return jax.pmap(per_device_step, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None), devices=devices)
+  state_axes = TrainState(step=None, params=None, opt_state=0 if layout is not None else None, ema_params=None,
+                          extra=None)
+  return jax.pmap(per_device_step, axis_name=AXIS, in_axes=(state_axes, 0), out_axes=(state_axes, None),
+                  devices=devices)
 
 
 def _shard(batch: dict[str, np.ndarray], n_devices: int) -> dict[str, np.ndarray]:
@@ -123,7 +134,15 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
 
   checkpoints = RunCheckpoints(workdir, config, keep=int(config.train.get("keep_checkpoints", 3)))
   params, extra = stage.init(step_key(int(config.seed), INIT_STREAM))
-  state = TrainState.create(params, tx, ema=float(config.optim.ema_decay) > 0, extra=extra)
+  use_ema = float(config.optim.ema_decay) > 0
+  layout = None
+  if config.train.get("shard_optimizer", False):
+    zero.check_supported(config.optim)
+    layout = zero.FlatLayout.of(params, n_dev)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=zero.init_shards(layout, params, use_ema),
+                       ema_params={}, extra=extra)
+  else:
+    state = TrainState.create(params, tx, ema=use_ema, extra=extra)
   start = checkpoints.latest_step() or 0
   if start:
     state, data_state = checkpoints.restore(start, state)
@@ -132,12 +151,15 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
     print(f"resumed {workdir} at step {start}", flush=True)
   last_saved = start
 
-  p_step = make_train_step(stage, tx, config, devices)
-  # Place the state as the step returns it (replicated over the device mesh), or the second call
-  # would compile the step again for the new input placement.
-  replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(devices), (AXIS,)),
-                                          jax.sharding.PartitionSpec())
-  state = jax.device_put(state, replicated)
+  p_step = make_train_step(stage, tx, config, devices, layout)
+  # Place the state as the step returns it (replicated over the device mesh; optimizer slices split
+  # over it), or the second call would compile the step again for the new input placement.
+  mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+  state = state.replace(
+      **{k: jax.device_put(getattr(state, k), replicated) for k in ("step", "params", "ema_params", "extra")},
+      opt_state=jax.device_put(state.opt_state, split if layout is not None else replicated))
   writer = MetricsWriter(workdir)
   log_every = max(1, int(config.train.get("log_every", 100)))
   ckpt_every = max(1, int(config.train.get("checkpoint_every", 1000)))
@@ -183,7 +205,7 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
           checkpoints.save(step, state, iterator.get_state())
           last_saved = step
         if sample_every and step % sample_every == 0:
-          _write_samples(stage, state, sample_batch, workdir, step, int(config.seed))
+          _write_samples(stage, state, sampling_params(state, layout), sample_batch, workdir, step, int(config.seed))
         if preemption.requested:
           stopped_early = True
           print(f"\nSIGTERM: saving step {step} and exiting", flush=True)
@@ -191,7 +213,7 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
       if step != last_saved:
         checkpoints.save(step, state, iterator.get_state())
       if step == total_steps and not stopped_early:
-        export(stage, state, workdir / "export", step)
+        export(stage, state, sampling_params(state, layout), workdir / "export", step)
     finally:
       if bar is not None:
         bar.close()
@@ -200,14 +222,22 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
   return RunResult(start_step=start, final_step=step, stopped_early=stopped_early, state=state)
 
 
-def export(stage, state: TrainState, directory: Path, step: int) -> Path:
-  """Writes the stage checkpoint sampling uses (EMA parameters when the run keeps an EMA)."""
-  kind, tree, model_config = stage.export(jax.device_get(state.sampling_params()), jax.device_get(state.extra))
+def sampling_params(state: TrainState, layout=None):
+  """The parameters sampling uses: the EMA when the run keeps one (gathered from its slices if sharded)."""
+  if layout is not None:
+    return zero.gather_ema(layout, jax.device_get(state.opt_state)) if "ema" in state.opt_state else state.params
+  return state.sampling_params()
+
+
+def export(stage, state: TrainState, params, directory: Path, step: int) -> Path:
+  """Writes the stage checkpoint sampling uses (`params`: EMA parameters when the run keeps an EMA)."""
+  kind, tree, model_config = stage.export(jax.device_get(params), jax.device_get(state.extra))
+  uses_ema = bool(state.ema_params) or (isinstance(state.opt_state, dict) and "ema" in state.opt_state)
   return stage_checkpoint.save_stage(directory, tree, kind=kind, config=model_config, overwrite=True,
-                                     extra={"step": int(step), "ema": bool(state.ema_params)})
+                                     extra={"step": int(step), "ema": uses_ema})
 
 
-def _write_samples(stage, state, host_batch, workdir: Path, step: int, seed: int) -> None:
-  images = stage.samples(state.sampling_params(), state.extra, host_batch, step_key(seed, SAMPLES_STREAM))
+def _write_samples(stage, state, params, host_batch, workdir: Path, step: int, seed: int) -> None:
+  images = stage.samples(params, state.extra, host_batch, step_key(seed, SAMPLES_STREAM))
   if images is not None:
     image_io.save_png(workdir / "samples" / f"step_{step:08d}.png", image_io.make_grid(np.asarray(images)))

@@ -15,6 +15,7 @@ def train_config(batch_size: int, steps: int, **stage_fields) -> ml_collections.
   c.keep_checkpoints = 3
   c.sample_every = 0               # image grids in WORKDIR/samples (stages that draw images); 0 = never
   c.num_devices = 0                # local devices to use; 0 = all
+  c.shard_optimizer = False        # split Adam moments + EMA over the devices (ZeRO-2, unclip_jax.train.zero)
   for key, value in stage_fields.items():
     c[key] = value
   return c

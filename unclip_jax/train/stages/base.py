@@ -17,16 +17,28 @@ AXIS = "data"  # the device axis of the per-device train step
 class Stage:
   """Base class: data access from `config.data`; subclasses define the model and the loss.
 
-  Subclasses implement `init(rng) -> (params, extra)`, `loss(params, extra, batch, rng) -> (loss,
-  metrics)` (per device, may use collectives over `AXIS`) and `export(params, extra) -> (kind, tree,
-  config)`; they may override `operations()` (per-example grain transforms), `postprocess(params)` and
-  `samples(...)`.
+  Subclasses implement `init_params(rng)` (pure: `jax.eval_shape` gives the shapes), `batch_spec(n)`
+  (the device arrays of n examples), `loss(params, extra, batch, rng) -> (loss, metrics)` (per device,
+  may use collectives over `AXIS`) and `export(params, extra) -> (kind, tree, config)`; stages with
+  non-trained state override `make_extra()` / `abstract_extra()`; they may override `operations()`
+  (per-example grain transforms), `postprocess(params)` and `samples(...)`.
   """
 
   kind = ""
 
   def __init__(self, config):
     self.config = config
+
+  def init(self, rng):
+    """(params, extra): the trained parameters and the non-trained variables (may read the data)."""
+    return jax.jit(self.init_params)(rng), self.make_extra()
+
+  def make_extra(self) -> dict:
+    return {}
+
+  def abstract_extra(self) -> dict:
+    """Shapes of `make_extra()` without touching data (for benchmarks and memory analysis)."""
+    return {}
 
   # ---------------------------------------------------------------------------------------------- data
   def source(self, split: str | None = None):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import grain.python as grain
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from unclip_jax.data import pipeline
@@ -47,8 +49,13 @@ class ClipStage(Stage):
       raise UserError(f"the dataset's images are {size}px but the CLIP model takes {self.model_config.image_size}px; "
                       "prepare the data at the model's size or change config.model.image_size")
 
-  def init(self, rng):
-    return clip_model.init_params(self.model_config, rng), {}
+  def init_params(self, rng):
+    return self.model.init(rng, *clip_model.dummy_inputs(self.model_config))["params"]
+
+  def batch_spec(self, n):
+    c = self.model_config
+    return {"image": jax.ShapeDtypeStruct((n, c.image_size, c.image_size, 3), jnp.float32),
+            "tokens": jax.ShapeDtypeStruct((n, c.context_length), jnp.int32)}
 
   def loss(self, params, extra, batch, rng):
     del extra, rng

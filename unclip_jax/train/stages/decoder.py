@@ -27,10 +27,24 @@ class DecoderStage(EmbeddedStage):
     self.process = diffusion.GaussianDiffusion.from_config(config.diffusion)
     self.size = int(config.model.image_size)
 
-  def init(self, rng):
-    params = unet_model.init_decoder(self.model, rng, image_size=self.size,
-                                     text_len=int(self.config.model.text_len))["params"]
-    return params, {"null_text": self.empty_caption()}
+  def init_params(self, rng):
+    return unet_model.init_decoder(self.model, rng, image_size=self.size,
+                                   text_len=int(self.config.model.text_len))["params"]
+
+  def make_extra(self):
+    return {"null_text": self.empty_caption()}
+
+  def _text(self, n):
+    d = self.model.text_proj.clip_embeddings_dim
+    return self.text_spec(n, int(self.config.model.text_len), d, d)
+
+  def abstract_extra(self):
+    return {"null_text": self._text(None)}
+
+  def batch_spec(self, n):
+    d = self.model.text_proj.clip_embeddings_dim
+    return dict(self._text(n), image=jax.ShapeDtypeStruct((n, self.size, self.size, 3), jnp.float32),
+                image_embedding=jax.ShapeDtypeStruct((n, d), jnp.float32))
 
   def images(self, batch_images):
     """Data images at the decoder's resolution (area-averaged when the dataset is larger)."""

@@ -45,6 +45,13 @@ class EmbeddedStage(Stage):
                       "and --config.data.config=NAME (the --name given to `python -m unclip_jax.embed`)")
     return embedded_data.load_metadata(data.data_dir, data.config)
 
+  def text_spec(self, n: int | None, length: int, width: int, dim: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes of the text conditioning of n examples (n=None: one example without the batch axis)."""
+    lead = () if n is None else (n,)
+    return {"text_embedding": jax.ShapeDtypeStruct(lead + (dim,), jnp.float32),
+            "text_states": jax.ShapeDtypeStruct(lead + (length, width), jnp.float32),
+            "text_mask": jax.ShapeDtypeStruct(lead + (length,), jnp.bool_)}
+
   def empty_caption(self) -> dict[str, np.ndarray]:
     """The CLIP encoding of "" with the checkpoint that embedded the data: embedding, states, mask."""
     from unclip_jax.models import clip as clip_model

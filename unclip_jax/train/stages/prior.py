@@ -21,11 +21,25 @@ class PriorStage(EmbeddedStage):
     self.model = prior_model.from_config(config.model)
     self.process = diffusion.GaussianDiffusion.from_config(config.diffusion)
 
-  def init(self, rng):
-    variables = prior_model.init_variables(self.model, rng)
+  def init_params(self, rng):
+    return prior_model.init_variables(self.model, rng)["params"]
+
+  def make_extra(self):
     mean, std = embedded_data.clip_stats(self.metadata(), self.config.data.get("split", "train"))
     stats = {"clip_mean": jnp.asarray(mean), "clip_std": jnp.asarray(std).clip(1e-6)}
-    return variables["params"], {"stats": stats, "null_text": self.empty_caption()}
+    return {"stats": stats, "null_text": self.empty_caption()}
+
+  def _text(self, n):
+    m = self.model
+    return self.text_spec(n, m.num_embeddings, m.embedding_dim, m.embedding_dim)
+
+  def abstract_extra(self):
+    d = self.model.embedding_dim
+    stats = {k: jax.ShapeDtypeStruct((d,), jnp.float32) for k in ("clip_mean", "clip_std")}
+    return {"stats": stats, "null_text": self._text(None)}
+
+  def batch_spec(self, n):
+    return dict(self._text(n), image_embedding=jax.ShapeDtypeStruct((n, self.model.embedding_dim), jnp.float32))
 
   def loss(self, params, extra, batch, rng):
     keys = split_rngs(rng, ("drop", "t", "noise", "dropout"))

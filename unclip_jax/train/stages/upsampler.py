@@ -55,8 +55,12 @@ class UpsamplerStage(Stage):
       raise UserError(f"the dataset's images are {example['image'].shape[0]}px; this upsampler trains on "
                       f"{self.config.model.image_size}px images")
 
-  def init(self, rng):
-    return unet_model.init_unet(self.model, rng, image_size=self.crop)["params"], {}
+  def init_params(self, rng):
+    return unet_model.init_unet(self.model, rng, image_size=self.crop)["params"]
+
+  def batch_spec(self, n):
+    size = self.config.model.image_size
+    return {"image": jax.ShapeDtypeStruct((n, size, size, 3), jnp.float32)}
 
   def loss(self, params, extra, batch, rng):
     del extra

@@ -1,0 +1,118 @@
+"""`python -m unclip_jax.bench pipeline`: the full text → image pipeline with random weights, timed.
+
+    python -m unclip_jax.bench pipeline --preset karlo --batch 1,8      (on a GPU/TPU)
+    python -m unclip_jax.bench pipeline --preset tiny --batch 1,8       (CPU smoke run)
+
+For each global batch size: compile time of every stage program (first call), sampling time of a
+second call with other seeds (compiled programs reused), seconds per image, and the peak device memory
+(`jax.devices()[0].memory_stats()["peak_bytes_in_use"]`, where the backend reports it). Steps and
+guidance are the pipeline's defaults (Karlo: 25/25/7, guidance 4 and 8) unless given. Random weights
+are enough here: the cost of sampling does not depend on the values of the parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import numpy as np
+
+from unclip_jax.errors import UserError
+
+
+def _parse(argv):
+  p = argparse.ArgumentParser(prog="python -m unclip_jax.bench pipeline", description=__doc__.splitlines()[0])
+  p.add_argument("--preset", default="tiny", choices=("tiny", "karlo"))
+  p.add_argument("--batch", default="1,8", help="comma-separated global batch sizes (padded to the device count)")
+  p.add_argument("--prior-steps", default=None)
+  p.add_argument("--decoder-steps", default=None)
+  p.add_argument("--sr-steps", default=None)
+  p.add_argument("--prior-candidates", type=int, default=1)
+  p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                 help="compute dtype (default: each stage config's: bfloat16 for random karlo, float32 for tiny; "
+                      "converted Karlo checkpoints say float32)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--json", default=None, help="also write the results to this JSON file")
+  return p.parse_args(argv)
+
+
+def _peak_bytes() -> int | None:
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # noqa: BLE001 - backends without memory stats
+    return None
+  return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def _stage_totals(timings: list[dict]) -> dict:
+  out = {}
+  for t in timings:
+    d = out.setdefault(t["stage"], {"compile_s": 0.0, "run_s": 0.0})
+    d["compile_s"] += t["compile_s"]
+    d["run_s"] += t["run_s"]
+  return {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in out.items()}
+
+
+def run(preset: str, batches: list[int], *, overrides: dict, candidates: int = 1, dtype: str | None = None,
+        seed: int = 0, log=print) -> dict:
+  from unclip_jax.pipeline import Pipeline
+
+  start = time.perf_counter()
+  pipe = Pipeline.random(preset, seed, dtype=dtype, log=lambda m: None)
+  build_s = time.perf_counter() - start
+  settings = pipe.settings(overrides)
+  log(f"{preset}: random weights built in {build_s:.1f}s on {pipe.n_devices} {jax.devices()[0].platform} "
+      f"device(s); output {pipe.output_size}px; steps " + ", ".join(f"{k} {v.steps}" for k, v in settings.items()))
+  results = []
+  for b in batches:
+    prompts = [f"a photo of object number {i}" for i in range(b)]
+    pipe.timings = []
+    start = time.perf_counter()
+    pipe.generate(prompts, [seed + i for i in range(b)], settings, candidates=candidates)
+    first_s = time.perf_counter() - start
+    first = list(pipe.timings)
+    pipe.timings = []
+    start = time.perf_counter()
+    out = pipe.generate(prompts, [seed + b + i for i in range(b)], settings, candidates=candidates)
+    second_s = time.perf_counter() - start
+    compile_s = sum(t["compile_s"] for t in first)
+    run_s = sum(t["run_s"] for t in pipe.timings)
+    row = {"batch": b, "rows": int(out["rows"]), "compile_s": round(compile_s, 3),
+           "first_call_s": round(first_s, 3), "sampling_s": round(run_s, 4), "wall_s": round(second_s, 4),
+           "s_per_image": round(run_s / b, 4), "peak_bytes": _peak_bytes(),
+           "stages_first_call": _stage_totals(first), "stages": _stage_totals(pipe.timings),
+           "finite": bool(np.isfinite(out["small"]).all())}
+    peak = f"{row['peak_bytes'] / 2 ** 30:.2f} GiB" if row["peak_bytes"] else "n/a"
+    log(f"batch {b:4d}: compile {compile_s:7.2f}s  sampling {run_s:8.3f}s  {row['s_per_image']:.4f} s/image  "
+        f"peak memory {peak}  " + "  ".join(f"{k} {v['run_s']:.3f}s" for k, v in row["stages"].items()))
+    results.append(row)
+  return {"benchmark": "pipeline", "preset": preset, "dtype": dtype or "config", "devices": pipe.n_devices,
+          "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
+          "host": platform.node(), "jax": jax.__version__, "build_s": round(build_s, 2),
+          "settings": {k: v.to_dict() for k, v in settings.items()}, "prior_candidates": candidates,
+          "results": results}
+
+
+def main(argv) -> int:
+  args = _parse(list(argv))
+  try:
+    batches = [int(b) for b in args.batch.split(",") if b.strip()]
+  except ValueError:
+    raise UserError(f"--batch must be comma-separated whole numbers, got {args.batch!r}") from None
+  if not batches or any(b < 1 for b in batches):
+    raise UserError(f"--batch sizes must be positive, got {args.batch!r}")
+  from unclip_jax.pipeline import check_steps
+
+  overrides = {"prior": {}, "decoder": {}, "sr_64_256": {}}
+  for flag, stage in ((args.prior_steps, "prior"), (args.decoder_steps, "decoder"), (args.sr_steps, "sr_64_256")):
+    if flag is not None:
+      overrides[stage]["steps"] = check_steps(flag, f"--{stage.replace('_', '-')}-steps")
+  report = run(args.preset, batches, overrides=overrides, candidates=args.prior_candidates, dtype=args.dtype,
+               seed=args.seed)
+  if args.json:
+    from unclip_jax.io import write_text_atomic
+    write_text_atomic(args.json, json.dumps(report, indent=2))
+  return 0
