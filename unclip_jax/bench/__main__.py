@@ -10,6 +10,7 @@ from unclip_jax.errors import UserError, run_cli
 BENCHMARKS = {
     "sampler": "unclip_jax.bench.sampler",  # the lax.scan samplers: compile time, ms/step, known-answer error
     "train": "unclip_jax.bench.train",      # one stage's train step: per-device memory (XLA) and steps/s
+    "pipeline": "unclip_jax.bench.pipeline",  # text -> image with random weights: compile, s/image, peak memory
 }
 
 

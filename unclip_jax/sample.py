@@ -1,0 +1,478 @@
+"""Sample images from an unCLIP pipeline folder (text → image, and the paper's applications).
+
+    python -m unclip_jax.sample --checkpoint DIR --prompt "a corgi" [--prompt ...] [--prompts-file F] --out OUT
+    python -m unclip_jax.sample --from-sidecar OUT/0000.json --out OUT2          (reproduces that image exactly)
+    python -m unclip_jax.sample variations IMAGE --checkpoint DIR --out OUT [--num 4]
+    python -m unclip_jax.sample interpolate IMAGE_A IMAGE_B --frames 5 --checkpoint DIR --out OUT
+    python -m unclip_jax.sample textdiff IMAGE --from "a photo of a cat" --to "an anime drawing of a cat" ...
+
+Writes one PNG per image (NNNN.png), a JSON sidecar beside each (prompt, seed, per-stage settings,
+checkpoint, dtype, weights, compiled batch) and grid.png (one row per prompt / application row);
+`--trajectory` adds NNNN_trajectory.png (the decoder's predicted x0 every few steps) and .gif.
+Files appear whole or not at all; on an error the files of this run are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from unclip_jax.errors import UserError, run_cli
+
+MODES = ("variations", "interpolate", "textdiff")
+SIDECAR_VERSION = 1
+MAX_IMAGES = 10_000
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    raise UserError(f"{message} (see --help)")
+
+
+def _common(p: argparse.ArgumentParser, *, checkpoint_required: bool = True) -> None:
+  p.add_argument("--checkpoint", required=checkpoint_required, help="pipeline folder (pipeline.json + stages)")
+  p.add_argument("--out", required=True, help="output folder for PNGs, sidecars and the grid")
+  p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
+  p.add_argument("--batch-size", type=int, default=None, help="images per compiled batch (default: all)")
+  p.add_argument("--prior-steps", default=None, help="prior sampling steps (default: pipeline.json)")
+  p.add_argument("--decoder-steps", default=None, help="decoder sampling steps")
+  p.add_argument("--sr-steps", default=None, help="steps of every upsampler")
+  p.add_argument("--prior-guidance", default=None, help="prior classifier-free guidance scale")
+  p.add_argument("--decoder-guidance", default=None, help="decoder classifier-free guidance scale")
+  p.add_argument("--sampler", default=None, choices=("ddpm", "ddim"), help="prior and decoder sampler")
+  p.add_argument("--prior-candidates", type=int, default=1,
+                 help="prior samples per caption; the one with the largest z_i·z_t is kept")
+  p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                 help="compute dtype (default: each stage's config); parameters stay float32")
+  p.add_argument("--ema", default=True, action=argparse.BooleanOptionalAction,
+                 help="use EMA weights where a stage has them (default)")
+  p.add_argument("--trajectory", action="store_true", help="also save the decoder's denoising progression")
+
+
+def _parser(mode: str | None) -> argparse.ArgumentParser:
+  prog = "python -m unclip_jax.sample" + (f" {mode}" if mode else "")
+  p = _Parser(prog=prog, description=__doc__ if mode is None else __doc__.split("\n\n")[0],
+              formatter_class=argparse.RawDescriptionHelpFormatter)
+  if mode is None:
+    _common(p, checkpoint_required=False)
+    p.add_argument("--prompt", action="append", default=[], help="caption (repeatable)")
+    p.add_argument("--prompts-file", default=None, help="text file, one caption per non-empty line")
+    p.add_argument("--num", type=int, default=1, help="images per prompt")
+    p.add_argument("--from-sidecar", default=None, help="re-create the image a sidecar JSON describes")
+  else:
+    _common(p)
+    if mode == "variations":
+      p.add_argument("image")
+      p.add_argument("--num", type=int, default=4, help="variations (one seed each)")
+    elif mode == "interpolate":
+      p.add_argument("image_a")
+      p.add_argument("image_b")
+      p.add_argument("--frames", type=int, default=5, help="images in the row, endpoints included")
+      p.add_argument("--interp-noise", action="store_true",
+                     help="also slerp the decoder's x_T between the endpoints' noise (seed, seed + 1)")
+    else:
+      p.add_argument("image")
+      p.add_argument("--from", dest="from_text", required=True, help="caption describing the image now")
+      p.add_argument("--to", dest="to_text", required=True, help="caption describing the wanted image")
+      p.add_argument("--strengths", default="0,0.25,0.5,0.75",
+                     help="comma-separated slerp fractions toward the text difference (0 = the image)")
+  return p
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+def _overrides(args) -> dict:
+  from unclip_jax.pipeline import check_scale, check_steps
+
+  o = {"prior": {}, "decoder": {}, "sr_64_256": {}, "sr_256_1024": {}}
+  if args.prior_steps is not None:
+    o["prior"]["steps"] = check_steps(args.prior_steps, "--prior-steps")
+  if args.decoder_steps is not None:
+    o["decoder"]["steps"] = check_steps(args.decoder_steps, "--decoder-steps")
+  if args.sr_steps is not None:
+    steps = check_steps(args.sr_steps, "--sr-steps")
+    o["sr_64_256"]["steps"] = o["sr_256_1024"]["steps"] = steps
+  if args.prior_guidance is not None:
+    o["prior"]["guidance_scale"] = check_scale(args.prior_guidance, "--prior-guidance")
+  if args.decoder_guidance is not None:
+    o["decoder"]["guidance_scale"] = check_scale(args.decoder_guidance, "--decoder-guidance")
+  if args.sampler is not None:
+    o["prior"]["sampler"] = o["decoder"]["sampler"] = args.sampler
+  if args.batch_size is not None and not 1 <= args.batch_size <= 4096:
+    raise UserError(f"--batch-size must lie between 1 and 4096, got {args.batch_size}")
+  if not 1 <= args.prior_candidates <= 64:
+    raise UserError(f"--prior-candidates must lie between 1 and 64, got {args.prior_candidates}")
+  if not 0 <= args.seed < 2 ** 32:
+    raise UserError(f"--seed must lie in [0, 2**32), got {args.seed}")
+  return o
+
+
+def _check_image(path: str) -> None:
+  """Fails early (before loading models) on a missing or unreadable image."""
+  from unclip_jax.zeroshot import load_image
+
+  load_image(path, 8)
+
+
+def _read_prompts(args) -> list[str]:
+  prompts = list(args.prompt)
+  if args.prompts_file:
+    path = Path(args.prompts_file)
+    if not path.is_file():
+      raise UserError(f"prompts file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    try:
+      lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+      raise UserError(f"prompts file {path} is not UTF-8 text") from None
+    from_file = [l.strip() for l in lines if l.strip()]
+    if not from_file:
+      raise UserError(f"prompts file {path} has no captions (one per non-empty line)")
+    prompts += from_file
+  if not prompts:
+    raise UserError("give at least one caption with --prompt or --prompts-file")
+  for p in prompts:
+    if not p.strip():
+      raise UserError("a --prompt is empty; give some text to draw")
+  return [p.strip() for p in prompts]
+
+
+# ------------------------------------------------------------------------------------------- output
+
+
+class _Writer:
+  """Collects this run's files; `commit` writes them atomically, removing all of them on failure."""
+
+  def __init__(self, out: str):
+    self.out = Path(out)
+    if self.out.exists() and not self.out.is_dir():
+      raise UserError(f"--out {self.out} exists and is not a folder")
+    self.files: dict[str, bytes] = {}
+
+  def png(self, name: str, image: np.ndarray) -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
+    self.files[name] = buf.getvalue()
+
+  def gif(self, name: str, frames: Sequence[np.ndarray], ms: int = 250) -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    ims = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
+    ims[0].save(buf, format="GIF", save_all=True, append_images=ims[1:], duration=ms, loop=0)
+    self.files[name] = buf.getvalue()
+
+  def json(self, name: str, obj) -> None:
+    self.files[name] = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+  def commit(self) -> list[Path]:
+    from unclip_jax.io import write_bytes_atomic
+
+    written = []
+    try:
+      for name, data in self.files.items():
+        written.append(write_bytes_atomic(self.out / name, data))
+    except BaseException:
+      for p in written:
+        p.unlink(missing_ok=True)
+      raise
+    return written
+
+
+def grid(images: np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
+  """(N, H, W, 3) uint8 → one image with `cols` columns and white padding."""
+  n, h, w, _ = images.shape
+  rows = -(-n // cols)
+  out = np.full((rows * h + (rows + 1) * pad, cols * w + (cols + 1) * pad, 3), 255, np.uint8)
+  for i, im in enumerate(images):
+    r, c = divmod(i, cols)
+    out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = im
+  return out
+
+
+def trajectory_frames(pred_x0: np.ndarray, size: int, max_frames: int = 10) -> list[np.ndarray]:
+  """Every few steps' predicted x0 (steps, h, w, 3) in [-1, 1] → uint8 frames at `size` (nearest), last included."""
+  from unclip_jax.pipeline import to_uint8
+
+  steps = pred_x0.shape[0]
+  idx = sorted(set(np.linspace(0, steps - 1, min(steps, max_frames)).round().astype(int).tolist()))
+  frames = to_uint8(np.clip(pred_x0[idx], -1, 1))
+  k = max(1, size // frames.shape[1])
+  return [np.repeat(np.repeat(f, k, axis=0), k, axis=1) for f in frames]
+
+
+def _settings_record(settings) -> dict:
+  return {stage: s.to_dict() for stage, s in settings.items()}
+
+
+# --------------------------------------------------------------------------------------------- modes
+
+
+_CACHE: dict = {}  # in-process reuse of a loaded pipeline and its compiled programs (tests, notebooks)
+
+
+def _load(args, log):
+  from unclip_jax.pipeline import PIPELINE_FILE, Pipeline, read_pipeline
+
+  read_pipeline(args.checkpoint)  # a bad folder fails before anything slow
+  folder = Path(args.checkpoint).absolute()
+  key = (str(folder), (folder / PIPELINE_FILE).stat().st_mtime_ns, bool(args.ema), args.dtype)
+  if key in _CACHE:
+    pipe = _CACHE[key]
+    pipe.log, pipe.timings = log, []
+    return pipe
+  start = time.perf_counter()
+  pipe = Pipeline.load(args.checkpoint, ema=args.ema, dtype=args.dtype, log=log)
+  _CACHE.clear()
+  _CACHE[key] = pipe
+  log(f"loaded {args.checkpoint} in {time.perf_counter() - start:.1f}s "
+      f"({pipe.n_devices} device(s), output {pipe.output_size}px)")
+  return pipe
+
+
+def _base_record(args, pipe, settings, mode: str) -> dict:
+  return {"format": SIDECAR_VERSION, "mode": mode, "checkpoint": str(Path(args.checkpoint).absolute()),
+          "settings": _settings_record(settings),
+          "steps": {s: v.steps for s, v in settings.items()},
+          "guidance": {s: v.guidance_scale for s, v in settings.items() if s in ("prior", "decoder")},
+          "sampler": {s: v.sampler for s, v in settings.items()},
+          "prior_candidates": args.prior_candidates, "dtype": args.dtype or "config", "ema": bool(args.ema),
+          "weights": pipe.weights, "size": pipe.output_size}
+
+
+def _save_trajectories(writer: _Writer, names: list[str], result: dict, size: int) -> None:
+  for name, traj in zip(names, result["trajectory"]):
+    frames = trajectory_frames(traj, size)
+    writer.png(f"{name}_trajectory.png", np.concatenate(frames, axis=1))
+    writer.gif(f"{name}_trajectory.gif", frames)
+
+
+def run_text(args, log) -> list[Path]:
+  if args.from_sidecar:
+    return run_sidecar(args, log)
+  if not args.checkpoint:
+    raise UserError("--checkpoint is required (or give --from-sidecar)")
+  prompts = _read_prompts(args)
+  if not 1 <= args.num <= MAX_IMAGES:
+    raise UserError(f"--num must lie between 1 and {MAX_IMAGES}, got {args.num}")
+  overrides = _overrides(args)
+  writer = _Writer(args.out)
+  pipe = _load(args, log)
+  settings = pipe.settings(overrides)
+  all_prompts = [p for p in prompts for _ in range(args.num)]
+  seeds = [args.seed + i for i in range(len(all_prompts))]
+  if seeds[-1] >= 2 ** 32:
+    raise UserError("--seed plus the number of images must stay below 2**32")
+  result = pipe.generate(all_prompts, seeds, settings, candidates=args.prior_candidates, batch=args.batch_size,
+                         trajectory=args.trajectory)
+  _report_timings(pipe, len(all_prompts), log)
+  names = [f"{i:04d}" for i in range(len(all_prompts))]
+  base = _base_record(args, pipe, settings, "text")
+  for i, (name, prompt, seed) in enumerate(zip(names, all_prompts, seeds)):
+    writer.png(f"{name}.png", result["images"][i])
+    writer.json(f"{name}.json", {**base, "prompt": prompt, "seed": seed, "index": i, "image": f"{name}.png",
+                                 "batch_size": int(result["rows"])})
+  writer.png("grid.png", grid(result["images"], args.num if len(prompts) > 1 else min(len(all_prompts), 8)))
+  if args.trajectory:
+    _save_trajectories(writer, names, result, pipe.output_size)
+  return writer.commit()
+
+
+def run_sidecar(args, log) -> list[Path]:
+  from unclip_jax.pipeline import StageSampling, check_sampling
+
+  path = Path(args.from_sidecar)
+  if not path.is_file():
+    raise UserError(f"sidecar {path} does not exist")
+  try:
+    rec = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    raise UserError(f"sidecar {path} is not valid JSON") from None
+  need = ("mode", "prompt", "seed", "settings", "checkpoint", "batch_size")
+  if not isinstance(rec, dict) or any(k not in rec for k in need):
+    raise UserError(f"{path} is not an unclip_jax sample sidecar (needs {', '.join(need)})")
+  if rec["mode"] != "text":
+    raise UserError(f"{path} describes a {rec['mode']!r} image; only text-to-image sidecars can be replayed")
+  args.checkpoint = args.checkpoint or rec["checkpoint"]
+  args.dtype = None if rec.get("dtype", "config") == "config" else rec["dtype"]
+  args.ema = bool(rec.get("ema", True))
+  args.prior_candidates = int(rec.get("prior_candidates", 1))
+  writer = _Writer(args.out)
+  pipe = _load(args, log)
+  settings = {s: check_sampling(StageSampling.from_dict(d), s) for s, d in rec["settings"].items()}
+  if set(settings) != set(pipe.sampling):
+    raise UserError(f"{path} names stages {sorted(settings)}, the pipeline has {sorted(pipe.sampling)}")
+  rows = int(rec["batch_size"])
+  result = pipe.generate([rec["prompt"]], [int(rec["seed"])], settings, candidates=args.prior_candidates,
+                         batch=rows, rows=rows)
+  name = path.stem
+  writer.png(f"{name}.png", result["images"][0])
+  writer.json(f"{name}.json", {**rec, "reproduced_from": str(path.absolute())})
+  return writer.commit()
+
+
+def _image_embeds(pipe, paths: Sequence[str]) -> np.ndarray:
+  from unclip_jax.zeroshot import load_image
+
+  images = np.stack([load_image(p, pipe.clip_config.image_size) for p in paths])
+  return pipe.encode_images(images)
+
+
+def run_variations(args, log) -> list[Path]:
+  _check_image(args.image)
+  if not 1 <= args.num <= MAX_IMAGES:
+    raise UserError(f"--num must lie between 1 and {MAX_IMAGES}, got {args.num}")
+  overrides = _overrides(args)
+  writer = _Writer(args.out)
+  pipe = _load(args, log)
+  settings = pipe.settings(overrides)
+  emb = _image_embeds(pipe, [args.image])
+  seeds = [args.seed + i for i in range(args.num)]
+  result = pipe.decode_embeddings(np.repeat(emb, args.num, axis=0), seeds, settings, batch=args.batch_size,
+                                  trajectory=args.trajectory)
+  _report_timings(pipe, args.num, log)
+  base = _base_record(args, pipe, settings, "variations")
+  names = [f"{i:04d}" for i in range(args.num)]
+  for i, name in enumerate(names):
+    writer.png(f"{name}.png", result["images"][i])
+    writer.json(f"{name}.json", {**base, "prompt": "", "source_image": str(Path(args.image).absolute()),
+                                 "seed": seeds[i], "index": i, "image": f"{name}.png",
+                                 "batch_size": int(result["rows"])})
+  writer.png("grid.png", grid(result["images"], min(args.num, 8)))
+  if args.trajectory:
+    _save_trajectories(writer, names, result, pipe.output_size)
+  return writer.commit()
+
+
+def interpolation_embeddings(a: np.ndarray, b: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+  """(fractions (K,), embeddings (K, E)): slerp from a to b; the ends are a and b exactly."""
+  from unclip_jax.pipeline import slerp
+
+  ts = np.linspace(0.0, 1.0, frames)
+  ts[0], ts[-1] = 0.0, 1.0
+  return ts, np.stack([slerp(a, b, float(t)) for t in ts])
+
+
+def run_interpolate(args, log) -> tuple[list[Path], dict]:
+  from unclip_jax.pipeline import image_keys, slerp
+
+  _check_image(args.image_a)
+  _check_image(args.image_b)
+  if not 2 <= args.frames <= 256:
+    raise UserError(f"--frames must lie between 2 and 256, got {args.frames}")
+  overrides = _overrides(args)
+  writer = _Writer(args.out)
+  pipe = _load(args, log)
+  settings = pipe.settings(overrides)
+  emb = _image_embeds(pipe, [args.image_a, args.image_b])
+  ts, embeds = interpolation_embeddings(emb[0], emb[1], args.frames)
+  seeds = [args.seed] * args.frames  # same decoder noise along the row, unless --interp-noise
+  x_T = None
+  if args.interp_noise:
+    if args.seed + 1 >= 2 ** 32:
+      raise UserError("--seed + 1 must stay below 2**32 with --interp-noise")
+    na, nb = pipe.decoder_noise(image_keys([args.seed, args.seed + 1]))
+    x_T = np.stack([slerp(na.reshape(1, -1), nb.reshape(1, -1), float(t)).reshape(na.shape) for t in ts])
+  result = pipe.decode_embeddings(embeds, seeds, settings, x_T=x_T, batch=args.batch_size,
+                                  trajectory=args.trajectory)
+  _report_timings(pipe, args.frames, log)
+  base = _base_record(args, pipe, settings, "interpolate")
+  names = [f"{i:04d}" for i in range(args.frames)]
+  for i, name in enumerate(names):
+    writer.png(f"{name}.png", result["images"][i])
+    writer.json(f"{name}.json", {**base, "prompt": "", "images": [str(Path(args.image_a).absolute()),
+                                                                  str(Path(args.image_b).absolute())],
+                                 "fraction": float(ts[i]), "interp_noise": bool(args.interp_noise),
+                                 "seed": seeds[i], "index": i, "image": f"{name}.png",
+                                 "batch_size": int(result["rows"])})
+  writer.png("grid.png", grid(result["images"], args.frames))
+  if args.trajectory:
+    _save_trajectories(writer, names, result, pipe.output_size)
+  return writer.commit(), {"image_embeds": emb, "decoder_embeds": embeds}
+
+
+def textdiff_embeddings(image: np.ndarray, text_from: np.ndarray, text_to: np.ndarray,
+                        strengths: Sequence[float]) -> np.ndarray:
+  """The paper's text diffs: z_d = normalise(z_t(to) − z_t(from)); slerp(z_i, z_d·|z_i|, θ) per strength."""
+  from unclip_jax.pipeline import slerp
+
+  d = np.asarray(text_to, np.float64) - np.asarray(text_from, np.float64)
+  norm = np.linalg.norm(d)
+  if norm < 1e-8:
+    raise UserError("--from and --to encode to the same text embedding; give two different captions")
+  target = d / norm * np.linalg.norm(image)
+  return np.stack([slerp(image, target, float(s)) for s in strengths])
+
+
+def run_textdiff(args, log) -> list[Path]:
+  _check_image(args.image)
+  try:
+    strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
+  except ValueError:
+    raise UserError(f"--strengths must be comma-separated numbers, got {args.strengths!r}") from None
+  if not strengths or any(not (math.isfinite(s) and 0 <= s <= 1) for s in strengths):
+    raise UserError(f"--strengths must be numbers in [0, 1], got {args.strengths!r}")
+  for name, text in (("--from", args.from_text), ("--to", args.to_text)):
+    if not text.strip():
+      raise UserError(f"{name} is empty; give a caption")
+  overrides = _overrides(args)
+  writer = _Writer(args.out)
+  pipe = _load(args, log)
+  settings = pipe.settings(overrides)
+  emb = _image_embeds(pipe, [args.image])[0]
+  text = pipe.encode_text([args.from_text, args.to_text])
+  embeds = textdiff_embeddings(emb, text.embeds[0], text.embeds[1], strengths)
+  seeds = [args.seed] * len(strengths)
+  result = pipe.decode_embeddings(embeds, seeds, settings, batch=args.batch_size, trajectory=args.trajectory)
+  _report_timings(pipe, len(strengths), log)
+  base = _base_record(args, pipe, settings, "textdiff")
+  names = [f"{i:04d}" for i in range(len(strengths))]
+  for i, name in enumerate(names):
+    writer.png(f"{name}.png", result["images"][i])
+    writer.json(f"{name}.json", {**base, "prompt": "", "source_image": str(Path(args.image).absolute()),
+                                 "from": args.from_text, "to": args.to_text, "strength": strengths[i],
+                                 "seed": seeds[i], "index": i, "image": f"{name}.png",
+                                 "batch_size": int(result["rows"])})
+  writer.png("grid.png", grid(result["images"], len(strengths)))
+  if args.trajectory:
+    _save_trajectories(writer, names, result, pipe.output_size)
+  return writer.commit()
+
+
+def _report_timings(pipe, n_images: int, log) -> None:
+  compile_s = sum(t["compile_s"] for t in pipe.timings)
+  run_s = sum(t["run_s"] for t in pipe.timings)
+  log(f"{n_images} image(s): compile {compile_s:.1f}s, sampling {run_s:.1f}s "
+      f"({run_s / max(n_images, 1):.2f}s per image)")
+
+
+def main(argv: Sequence[str]) -> int:
+  argv = list(argv)
+  mode = argv[0] if argv and argv[0] in MODES else None
+  args = _parser(mode).parse_args(argv[1:] if mode else argv)
+  log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+  if mode == "variations":
+    written = run_variations(args, log)
+  elif mode == "interpolate":
+    written = run_interpolate(args, log)[0]
+  elif mode == "textdiff":
+    written = run_textdiff(args, log)
+  else:
+    written = run_text(args, log)
+  pngs = [p for p in written if p.suffix == ".png"]
+  print(f"wrote {len(pngs)} PNG(s) and {len(written) - len(pngs)} other file(s) to {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  run_cli(main, sys.argv[1:])
