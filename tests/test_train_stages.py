@@ -50,8 +50,10 @@ def test_prior_stage(data, tmp_path):
 
   abstract = jax.eval_shape(lambda: prior_model.init_variables(prior_model.from_config(meta["config"]["model"]),
                                                                jax.random.key(0)))
-  restored = checkpoint.load_stage_params(params_dir, abstract, kind="prior")
-  np.testing.assert_allclose(restored["stats"]["clip_mean"], stats_mean, rtol=1e-6)  # data statistics travel
+  restored = checkpoint.load_stage_params(params_dir, {"params": abstract, "ema": abstract}, kind="prior")
+  np.testing.assert_allclose(restored["ema"]["stats"]["clip_mean"], stats_mean, rtol=1e-6)  # data statistics travel
+  ema, online = restored["ema"]["params"]["proj_in"]["kernel"], restored["params"]["params"]["proj_in"]["kernel"]
+  assert not np.array_equal(ema, online)  # both copies are exported, and they differ
 
 
 def test_decoder_stage_with_sample_grid(data, tmp_path):
@@ -65,8 +67,9 @@ def test_decoder_stage_with_sample_grid(data, tmp_path):
 
 
 def test_upsampler_stage(data, tmp_path):
-  root, name = data
-  meta = run("configs/upsampler.py:tiny", root, tmp_path / "sr", **{"data.config": name})
+  root, _ = data
+  shapes64 = prepare.prepare_shapes(str(root / "data"), image_size=64, train_size=16, heldout_size=4)
+  meta = run("configs/upsampler.py:tiny", root, tmp_path / "sr", **{"data.config": shapes64.builder_config.name})
   assert meta["kind"] == "upsampler" and meta["config"]["degrade"]["kind"] == "blur"
 
 

@@ -35,7 +35,7 @@ def test_sharded_adamw_equals_optax_adamw_with_clipping():
     updates, ref_state = tx.update(mean_grads, ref_state, ref_params)
     ref_params = optax.apply_updates(ref_params, updates)
     ref_ema = optim.ema_update(ref_ema, ref_params, 0.9)
-    np.testing.assert_allclose(float(norm), float(optax.global_norm(mean_grads)), rtol=1e-5)
+    np.testing.assert_allclose(float(norm), float(optax.tree.norm(mean_grads)), rtol=1e-5)
   for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(ref_params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(zero.gather_ema(layout, shards)), jax.tree.leaves(ref_ema)):

@@ -65,7 +65,7 @@ def make_train_step(stage, tx: optax.GradientTransformation, config, devices, la
                                                                  state.params, grads, state.opt_state, AXIS)
       return state.replace(step=state.step + 1, params=stage.postprocess(params), opt_state=shard), metrics
     grads = jax.lax.pmean(grads, AXIS)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return state.apply_gradients(grads, tx, ema_decay, stage.postprocess), metrics
 
   state_axes = TrainState(step=None, params=None, opt_state=0 if layout is not None else None, ema_params=None,
@@ -213,7 +213,7 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
       if step != last_saved:
         checkpoints.save(step, state, iterator.get_state())
       if step == total_steps and not stopped_early:
-        export(stage, state, sampling_params(state, layout), workdir / "export", step)
+        export(stage, state, layout, workdir / "export", step)
     finally:
       if bar is not None:
         bar.close()
@@ -222,19 +222,32 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
   return RunResult(start_step=start, final_step=step, stopped_early=stopped_early, state=state)
 
 
-def sampling_params(state: TrainState, layout=None):
-  """The parameters sampling uses: the EMA when the run keeps one (gathered from its slices if sharded)."""
+def ema_params(state: TrainState, layout=None):
+  """The EMA of the parameters (gathered from its per-device slices if sharded), or None without one."""
   if layout is not None:
-    return zero.gather_ema(layout, jax.device_get(state.opt_state)) if "ema" in state.opt_state else state.params
-  return state.sampling_params()
+    return zero.gather_ema(layout, jax.device_get(state.opt_state)) if "ema" in state.opt_state else None
+  return state.ema_params or None
 
 
-def export(stage, state: TrainState, params, directory: Path, step: int) -> Path:
-  """Writes the stage checkpoint sampling uses (`params`: EMA parameters when the run keeps an EMA)."""
-  kind, tree, model_config = stage.export(jax.device_get(params), jax.device_get(state.extra))
-  uses_ema = bool(state.ema_params) or (isinstance(state.opt_state, dict) and "ema" in state.opt_state)
+def sampling_params(state: TrainState, layout=None):
+  """The parameters sampling uses: the EMA when the run keeps one."""
+  ema = ema_params(state, layout)
+  return state.params if ema is None else ema
+
+
+def export(stage, state: TrainState, layout, directory: Path, step: int) -> Path:
+  """Writes the stage checkpoint that sampling and the next stages load.
+
+  With an EMA the tree is {"params": online, "ema": EMA} and stage.json says `"ema": true` (the
+  convention `unclip_jax.pipeline` reads); without one it is the model's tree itself.
+  """
+  extra = jax.device_get(state.extra)
+  kind, tree, model_config = stage.export(jax.device_get(state.params), extra)
+  ema = ema_params(state, layout)
+  if ema is not None:
+    tree = {"params": tree, "ema": stage.export(jax.device_get(ema), extra)[1]}
   return stage_checkpoint.save_stage(directory, tree, kind=kind, config=model_config, overwrite=True,
-                                     extra={"step": int(step), "ema": uses_ema})
+                                     extra={"step": int(step), "ema": ema is not None})
 
 
 def _write_samples(stage, state, params, host_batch, workdir: Path, step: int, seed: int) -> None:

@@ -63,11 +63,10 @@ class FlatLayout:
       offset += n
     return jax.tree.unflatten(self.treedef, leaves)
 
-  def decay_mask(self) -> np.ndarray:
-    """1.0 where weight decay applies (rank ≥ 2 parameters, as `optim.decay_mask`), padded with 0."""
-    parts = [np.full(math.prod(s), 1.0 if len(s) >= 2 else 0.0, np.float32) for s in self.shapes]
-    flat = np.concatenate(parts)
-    return np.pad(flat, (0, self.shards * self.shard_size - self.size))
+  def flatten_decayed(self, tree) -> jax.Array:
+    """`flatten` with the parameters weight decay skips (rank < 2, as `optim.decay_mask`) zeroed: computed
+    from the parameters, so no per-element mask constant enters the program."""
+    return self.flatten(jax.tree.map(lambda x: x if x.ndim >= 2 else jnp.zeros_like(x), tree))
 
 
 def check_supported(cfg) -> None:
@@ -101,8 +100,9 @@ def sharded_update(layout: FlatLayout, cfg, total_steps: int, params, grads, sha
   mu_hat = mu / (1 - cfg.b1 ** count.astype(jnp.float32))
   nu_hat = nu / (1 - cfg.b2 ** count.astype(jnp.float32))
   p = jax.lax.dynamic_slice(layout.flatten(params), (index * s,), (s,))
-  mask = jax.lax.dynamic_slice(jnp.asarray(layout.decay_mask()), (index * s,), (s,))
-  update = mu_hat / (jnp.sqrt(nu_hat) + cfg.eps) + cfg.weight_decay * mask * p
+  update = mu_hat / (jnp.sqrt(nu_hat) + cfg.eps)
+  if cfg.weight_decay:
+    update = update + cfg.weight_decay * jax.lax.dynamic_slice(layout.flatten_decayed(params), (index * s,), (s,))
   p = p - schedule(shard["count"]) * update
   new_shard = {"mu": mu, "nu": nu, "count": count}
   if "ema" in shard:
