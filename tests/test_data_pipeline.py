@@ -85,3 +85,14 @@ def test_bad_input(shapes_dir, tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
     run_cli(prepare.main, ["shapes", "--data_dir", str(tmp_path), "--image_size", "48"])
   assert e.value.code == 2 and "--image_size must be 32 or 64" in capsys.readouterr().err
+
+
+def test_default_shapes_sizes_use_the_registered_configs(tmp_path):
+  from unclip_jax.data import builders
+
+  for size in (32, 64):
+    config = prepare.shapes_config(size, 50_000, 2_000)
+    assert config == str(size)
+    builder = builders.Shapes(config=config, data_dir=str(tmp_path), file_format=builders.FILE_FORMAT)
+    assert builder.builder_config.image_size == size and builder.builder_config.train_size == 50_000
+  assert prepare.shapes_config(32, 100, 10).name == "32_n100_h10_s0"

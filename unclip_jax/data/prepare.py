@@ -50,16 +50,22 @@ def prepare_shapes(data_dir: str, image_size: int, train_size: int, heldout_size
     raise UserError(f"--image_size must be 32 or 64 for shapes, got {image_size}")
   if train_size < 1 or heldout_size < 1:
     raise UserError("--train_size and --heldout_size must be positive")
-  default = builders.ShapesConfig(name=str(image_size), image_size=image_size)
-  if (train_size, heldout_size, seed) == (default.train_size, default.heldout_size, default.seed):
-    config = default
-  else:  # a sized variant gets its own folder, so two sizes never overwrite each other
-    config = builders.ShapesConfig(name=f"{image_size}_n{train_size}_h{heldout_size}_s{seed}",
-                                   image_size=image_size, train_size=train_size, heldout_size=heldout_size,
-                                   seed=seed)
-  builder = builders.Shapes(config=config, data_dir=data_dir, file_format=builders.FILE_FORMAT)
+  builder = builders.Shapes(config=shapes_config(image_size, train_size, heldout_size, seed), data_dir=data_dir,
+                             file_format=builders.FILE_FORMAT)
   builder.download_and_prepare()
   return builder
+
+
+def shapes_config(image_size: int, train_size: int, heldout_size: int, seed: int = 0):
+  """The registered config's name ("32", "64") for the default sizes, else a sized variant config with
+  its own name, so two sizes never share a folder (tfds refuses a custom config named like a registered one)."""
+  from unclip_jax.data import builders
+
+  registered = {c.name: c for c in builders.Shapes.BUILDER_CONFIGS}[str(image_size)]
+  if (train_size, heldout_size, seed) == (registered.train_size, registered.heldout_size, registered.seed):
+    return registered.name
+  return builders.ShapesConfig(name=f"{image_size}_n{train_size}_h{heldout_size}_s{seed}", image_size=image_size,
+                               train_size=train_size, heldout_size=heldout_size, seed=seed)
 
 
 def default_emoji_source() -> str:
