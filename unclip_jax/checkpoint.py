@@ -31,9 +31,16 @@ KINDS = ("clip", "prior", "decoder", "upsampler")
 
 
 def _checkpointer():
+  """A checkpointer for this process alone: stage checkpoints hold host arrays and are written or read
+  by one process, so orbax must not wait for the other processes of a multi-process job."""
+  import jax
   import orbax.checkpoint as ocp  # imported lazily: orbax is slow to import and most callers only read json
 
-  return ocp.StandardCheckpointer()
+  if jax.process_count() == 1:
+    return ocp.StandardCheckpointer()
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"stage_p{me}"))
 
 
 def save_stage(directory: str | os.PathLike, params: Any, *, kind: str, config: Mapping[str, Any],

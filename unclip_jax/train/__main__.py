@@ -29,14 +29,17 @@ def main(argv) -> int:
   parser.add_argument("--no_progress", action="store_true", help="no progress bar (logs still go to the workdir)")
   args = parser.parse_args(rest)
 
+  from unclip_jax import distributed
   from unclip_jax.train import config_loader, loop  # heavy imports after argument checks
 
+  distributed.initialize_from_env()  # a multi-process job, when a launcher in launch/ asked for one
   config = config_loader.load_config_file(args.config)
   config = config_loader.apply_overrides(config, overrides)
   if args.data_dir:
     config.data.data_dir = args.data_dir
   try:
     result = loop.train(config, args.workdir, progress=not args.no_progress)
+    distributed.finish()
   except loop.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

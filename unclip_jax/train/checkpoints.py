@@ -47,6 +47,20 @@ def config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[
           for k in keys if a.get(k) != b.get(k)]
 
 
+def _every_process(data_state: bytes) -> list[str]:
+  """Every process's data-iterator state, in process order (each process reads its own shard)."""
+  if jax.process_count() == 1:
+    return [data_state.decode("utf-8")]
+  from jax.experimental import multihost_utils
+
+  raw = np.frombuffer(data_state, np.uint8)
+  lengths = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int32))).reshape(-1)
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:raw.size] = raw
+  gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+  return [bytes(gathered[i, :lengths[i]]).decode("utf-8") for i in range(len(lengths))]
+
+
 class RunCheckpoints:
   """Saves and restores a run's state in `workdir/checkpoints`."""
 
@@ -76,18 +90,20 @@ class RunCheckpoints:
     return self.manager.latest_step()
 
   def save(self, step: int, state, data_state: bytes | None) -> None:
-    """Starts an asynchronous save of `state` at `step` (arrays are copied before this returns)."""
+    """Starts an asynchronous save of `state` at `step`. Every process calls it (each writes what it
+    holds); the data iterator state saved is this process's, restored to the same process index."""
     ocp = self._ocp
-    host_state = jax.tree.map(np.asarray, jax.device_get(state))
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(host_state),
-        data=ocp.args.JsonSave({"iterator": data_state.decode("utf-8") if data_state else None}),
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave({"iterators": _every_process(data_state or b"")}),
         config=ocp.args.JsonSave(_json_roundtrip(self.config))), force=True)
 
-  def restore(self, step: int, abstract_state):
-    """(state, data iterator state or None) of `step`, shaped like `abstract_state`."""
+  def restore(self, step: int, abstract_state, shardings):
+    """(state, data iterator state or None) of `step`, shaped like `abstract_state` and placed with
+    `shardings` (a pytree prefix of it: one sharding per field)."""
     ocp = self._ocp
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_state)
+    target = jax.tree.map(lambda s, x: jax.tree.map(lambda y: jax.ShapeDtypeStruct(np.shape(y), y.dtype, sharding=s), x),
+                          shardings, abstract_state)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
@@ -95,7 +111,11 @@ class RunCheckpoints:
       first = str(e).splitlines()[0] if str(e) else type(e).__name__
       raise UserError(f"the checkpoint at step {step} in {self.directory} does not fit this run (was the "
                       f"number of devices changed with train.shard_optimizer on?): {first}") from None
-    iterator = restored["data"]["iterator"]
+    iterators = restored["data"]["iterators"]
+    if len(iterators) != jax.process_count():
+      raise UserError(f"the checkpoint at step {step} was made by {len(iterators)} process(es) reading their own "
+                      f"data shards; this job has {jax.process_count()}: resume with the same process count")
+    iterator = iterators[jax.process_index()]
     return restored["state"], (iterator.encode("utf-8") if iterator else None)
 
   def wait(self) -> None:

@@ -102,11 +102,37 @@ class _Preemption:
 
 
 def _devices(config):
+  """The devices the step maps over: every device of every process in a multi-process job (each
+  process feeds its local ones), else this process's (or the first `train.num_devices` of them)."""
   wanted = int(config.train.get("num_devices", 0) or 0)
   local = jax.local_devices()
   if wanted < 0 or wanted > len(local):
     raise UserError(f"train.num_devices={wanted} but this process has {len(local)} local devices")
+  if jax.process_count() > 1:
+    if wanted:
+      raise UserError("train.num_devices cannot be set in a multi-process job: every device of every process is used")
+    return jax.devices()
   return local[:wanted] if wanted else local
+
+
+def _place(tree, sharding):
+  """Host arrays (identical in every process) → global arrays with `sharding` (each process fills its
+  own devices), as the step returns them; works in single- and multi-process runs alike."""
+  return jax.tree.map(lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda i: np.asarray(x)[i]),
+                      tree)
+
+
+def _savable(state, replicated):
+  """In a multi-process job pmap returns each process's replicas as host-local arrays; orbax saves
+  global ones, so the (identical) replicas are re-wrapped as one replicated global array."""
+  if jax.process_count() == 1:
+    return state
+  return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, replicated, lambda i: host_value(x)[i]), state)
+
+
+def host_value(x) -> np.ndarray:
+  """The value of a replicated global array, read from this process's first device."""
+  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
 
 
 def train(config, workdir: str | Path, *, stop_after: int | None = None, progress: bool = True) -> RunResult:
@@ -118,7 +144,8 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
   workdir = Path(workdir)
   stage = get_stage(config)
   devices = _devices(config)
-  n_dev, n_proc = len(devices), jax.process_count()
+  n_proc = jax.process_count()
+  n_dev = len(devices) // n_proc  # devices this process feeds
   total_steps, global_batch = int(config.train.steps), int(config.train.batch_size)
   if total_steps < 1:
     raise UserError(f"train.steps must be positive, got {total_steps}")
@@ -138,28 +165,33 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
   layout = None
   if config.train.get("shard_optimizer", False):
     zero.check_supported(config.optim)
-    layout = zero.FlatLayout.of(params, n_dev)
+    if n_proc > 1:
+      raise UserError("train.shard_optimizer runs within one process for now; in a multi-process job keep the "
+                      "optimizer replicated (train.shard_optimizer=false)")
+    layout = zero.FlatLayout.of(params, len(devices))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=zero.init_shards(layout, params, use_ema),
                        ema_params={}, extra=extra)
   else:
     state = TrainState.create(params, tx, ema=use_ema, extra=extra)
-  start = checkpoints.latest_step() or 0
-  if start:
-    state, data_state = checkpoints.restore(start, state)
-    if data_state is not None:
-      iterator.set_state(data_state)
-    print(f"resumed {workdir} at step {start}", flush=True)
-  last_saved = start
-
-  p_step = make_train_step(stage, tx, config, devices, layout)
   # Place the state as the step returns it (replicated over the device mesh; optimizer slices split
-  # over it), or the second call would compile the step again for the new input placement.
+  # over it): the step then compiles once, and a multi-process job gets global arrays.
   mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
-  state = state.replace(
-      **{k: jax.device_put(getattr(state, k), replicated) for k in ("step", "params", "ema_params", "extra")},
-      opt_state=jax.device_put(state.opt_state, split if layout is not None else replicated))
+  shardings = TrainState(step=replicated, params=replicated, ema_params=replicated, extra=replicated,
+                         opt_state=split if layout is not None else replicated)
+  start = checkpoints.latest_step() or 0
+  if start:
+    state, data_state = checkpoints.restore(start, state, shardings)
+    if data_state is not None:
+      iterator.set_state(data_state)
+    print(f"resumed {workdir} at step {start}", flush=True)
+  else:
+    state = TrainState(**{f: _place(getattr(state, f), getattr(shardings, f))
+                          for f in ("step", "params", "opt_state", "ema_params", "extra")})
+  last_saved = start
+
+  p_step = make_train_step(stage, tx, config, devices, layout)
   writer = MetricsWriter(workdir)
   log_every = max(1, int(config.train.get("log_every", 100)))
   ckpt_every = max(1, int(config.train.get("checkpoint_every", 1000)))
@@ -183,7 +215,7 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
           stage.check_example({k: v[0] for k, v in host.items()})
           sample_batch = host
         state, metrics = p_step(state, _shard(device_arrays(host), n_dev))
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics = {k: float(host_value(v)) for k, v in metrics.items()}
         step += 1
         if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
           raise TrainingDiverged(f"non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}) "
@@ -202,16 +234,16 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
           bar.update(1)
           bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
         if step % ckpt_every == 0:
-          checkpoints.save(step, state, iterator.get_state())
+          checkpoints.save(step, _savable(state, replicated), iterator.get_state())
           last_saved = step
-        if sample_every and step % sample_every == 0:
+        if sample_every and step % sample_every == 0 and jax.process_index() == 0:
           _write_samples(stage, state, sampling_params(state, layout), sample_batch, workdir, step, int(config.seed))
         if preemption.requested:
           stopped_early = True
           print(f"\nSIGTERM: saving step {step} and exiting", flush=True)
           break
       if step != last_saved:
-        checkpoints.save(step, state, iterator.get_state())
+        checkpoints.save(step, _savable(state, replicated), iterator.get_state())
       if step == total_steps and not stopped_early:
         export(stage, state, layout, workdir / "export", step)
     finally:
@@ -223,16 +255,23 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
 
 
 def ema_params(state: TrainState, layout=None):
-  """The EMA of the parameters (gathered from its per-device slices if sharded), or None without one."""
+  """The EMA of the parameters on the host (gathered from its per-device slices if sharded), or None."""
   if layout is not None:
-    return zero.gather_ema(layout, jax.device_get(state.opt_state)) if "ema" in state.opt_state else None
-  return state.ema_params or None
+    if "ema" not in state.opt_state:
+      return None
+    from jax.experimental import multihost_utils
+
+    slices = state.opt_state["ema"]
+    if jax.process_count() > 1:
+      slices = multihost_utils.process_allgather(slices, tiled=True)
+    return zero.gather_ema(layout, {"ema": np.asarray(slices)})
+  return jax.tree.map(host_value, state.ema_params) if state.ema_params else None
 
 
 def sampling_params(state: TrainState, layout=None):
-  """The parameters sampling uses: the EMA when the run keeps one."""
+  """The parameters sampling uses (on the host): the EMA when the run keeps one."""
   ema = ema_params(state, layout)
-  return state.params if ema is None else ema
+  return jax.tree.map(host_value, state.params) if ema is None else ema
 
 
 def export(stage, state: TrainState, layout, directory: Path, step: int) -> Path:
@@ -241,11 +280,13 @@ def export(stage, state: TrainState, layout, directory: Path, step: int) -> Path
   With an EMA the tree is {"params": online, "ema": EMA} and stage.json says `"ema": true` (the
   convention `unclip_jax.pipeline` reads); without one it is the model's tree itself.
   """
-  extra = jax.device_get(state.extra)
-  kind, tree, model_config = stage.export(jax.device_get(state.params), extra)
-  ema = ema_params(state, layout)
+  extra = jax.tree.map(host_value, state.extra)
+  kind, tree, model_config = stage.export(jax.tree.map(host_value, state.params), extra)
+  ema = ema_params(state, layout)  # every process takes part in gathering sharded slices
   if ema is not None:
-    tree = {"params": tree, "ema": stage.export(jax.device_get(ema), extra)[1]}
+    tree = {"params": tree, "ema": stage.export(ema, extra)[1]}
+  if jax.process_index() != 0:  # one writer: the folder is renamed into place atomically
+    return directory
   return stage_checkpoint.save_stage(directory, tree, kind=kind, config=model_config, overwrite=True,
                                      extra={"step": int(step), "ema": ema is not None})
 
