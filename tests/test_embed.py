@@ -152,7 +152,7 @@ def test_float32_states_and_images_resized_to_the_clip_size(run, tmp_path, capsy
 
 def test_a_run_that_fails_midway_leaves_no_dataset(run, tmp_path, monkeypatch):
   root, data, _, _, _ = run
-  calls, png = [], embedded._png
+  calls, png = [], embedded.png_bytes
 
   def failing_png(image):
     calls.append(1)
@@ -160,7 +160,7 @@ def test_a_run_that_fails_midway_leaves_no_dataset(run, tmp_path, monkeypatch):
       raise RuntimeError("simulated crash")
     return png(image)
 
-  monkeypatch.setattr(embedded, "_png", failing_png)
+  monkeypatch.setattr(embedded, "png_bytes", failing_png)
   with pytest.raises(RuntimeError, match="simulated crash"):
     embedded.embed(checkpoint=str(root / "clip"), data_dir=str(data), dataset="shapes", name="crashed",
                    out_data_dir=str(tmp_path), batch_size=10)

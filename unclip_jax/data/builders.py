@@ -15,7 +15,6 @@ import collections
 import dataclasses
 import gzip
 import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -28,14 +27,9 @@ from unclip_jax.data import emoji as emoji_lib
 from unclip_jax.data import image_files
 from unclip_jax.data import shapes as shapes_lib
 from unclip_jax.errors import UserError
+from unclip_jax.images import png_bytes
 
 FILE_FORMAT = "array_record"
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
-  return buffer.getvalue()
 
 
 @dataclasses.dataclass

@@ -45,6 +45,7 @@ import tensorflow_datasets as tfds
 
 from unclip_jax.data import pipeline
 from unclip_jax.errors import UserError
+from unclip_jax.images import png_bytes
 
 NAME = "embedded"
 FILE_FORMAT = "array_record"
@@ -292,7 +293,7 @@ class Embedded(tfds.core.GeneratorBasedBuilder):
         text_moments.update(out["text_embedding"])
         for j, ex in enumerate(examples):
           yield (start + j) * stride, {
-              "image": _png(images[j]),
+              "image": png_bytes(images[j]),
               "caption": captions[j],
               "spec": _text(ex["spec"]) if "spec" in ex else "{}",
               "tokens": tokens[j],
@@ -313,12 +314,6 @@ class Embedded(tfds.core.GeneratorBasedBuilder):
     for m in self._moments.values():
       total.merge(m)
     meta.update({"num_examples": total.count, "clip_mean": total.mean.tolist(), "clip_std": total.std.tolist()})
-
-
-def _png(image: np.ndarray) -> bytes:
-  from unclip_jax.data.builders import png_bytes
-
-  return png_bytes(image)
 
 
 def _source_config(data_dir: Path, name: str, config: str | None) -> str | None:
