@@ -57,3 +57,21 @@ def test_bad_optimizer_settings():
     optim.learning_rate_schedule(optim.optim_config(schedule="step"), 10)
   with pytest.raises(ValueError, match="positive finite"):
     optim.learning_rate_schedule(optim.optim_config(lr=float("nan")), 10)
+
+
+def test_accumulation_schedule_counts_updates_and_ema_moves_only_on_updates():
+  from unclip_jax.train.state import TrainState
+
+  cfg = optim.optim_config(lr=1.0, warmup_steps=0, schedule="linear", end_lr_factor=0.0, accum_steps=2,
+                           grad_clip_norm=0.0, ema_decay=0.5)
+  tx = optim.make_optimizer(cfg, total_steps=8)  # 8 micro-batches = 4 updates
+  state = TrainState.create({"w": jnp.zeros((2,))}, tx, ema=True)
+  grads = {"w": jnp.ones((2,))}
+  state = state.apply_gradients(grads, tx, 0.5)
+  np.testing.assert_array_equal(state.params["w"], 0.0)
+  np.testing.assert_array_equal(state.ema_params["w"], 0.0)  # no update yet: the EMA stays
+  state = state.apply_gradients(grads, tx, 0.5)
+  assert float(state.params["w"][0]) < 0
+  np.testing.assert_allclose(state.ema_params["w"], 0.5 * state.params["w"])
+  inner_lr = optim.learning_rate_schedule(cfg, 4)
+  assert float(inner_lr(2)) == pytest.approx(0.5)  # the linear decay spans the 4 updates

@@ -134,3 +134,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys, m
   assert e.value.code == 2, err
   assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
   assert not (tmp_path / "w" / "checkpoints").exists() or not os.listdir(tmp_path / "w" / "checkpoints")
+
+
+def test_gradient_accumulation_updates_every_k_micro_batches(data_dir, tmp_path):
+  result = loop.train(tiny_config(data_dir, **{"train.steps": 4, "optim.accum_steps": 2, "optim.warmup_steps": 2}),
+                      tmp_path / "accum", progress=False)
+  lrs = [r["lr"] for r in read_metrics(tmp_path / "accum")]
+  assert lrs[0] == lrs[1] == 0.0 and lrs[2] == lrs[3] > 0  # the schedule advances once per 2 micro-batches
+  assert result.final_step == 4

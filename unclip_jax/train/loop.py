@@ -53,13 +53,14 @@ def make_train_step(stage, tx: optax.GradientTransformation, config, devices, la
   the device axis) and the update is `zero.sharded_update`; everything else stays replicated.
   """
   seed, ema_decay = int(config.seed), float(config.optim.ema_decay)
-  schedule = optim.learning_rate_schedule(config.optim, config.train.steps)
+  accum = max(1, int(config.optim.get("accum_steps", 1)))  # loop steps are micro-batches
+  schedule = optim.learning_rate_schedule(config.optim, max(1, int(config.train.steps) // accum))
 
   def per_device_step(state: TrainState, batch):
     rng = jax.random.fold_in(step_key(seed, state.step), jax.lax.axis_index(AXIS))
     (_, metrics), grads = jax.value_and_grad(stage.loss, has_aux=True)(state.params, state.extra, batch, rng)
     metrics = jax.lax.pmean(metrics, AXIS)
-    metrics["lr"] = schedule(state.step)
+    metrics["lr"] = schedule(state.step // accum)
     if layout is not None:
       params, shard, metrics["grad_norm"] = zero.sharded_update(layout, config.optim, config.train.steps,
                                                                  state.params, grads, state.opt_state, AXIS)

@@ -69,7 +69,10 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
   parts = []
   if cfg.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-  parts.append(optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+  # With accumulation the schedule counts optimizer updates: `total_steps` micro-batches make
+  # total_steps / accum_steps of them.
+  updates = max(1, int(total_steps) // max(1, int(cfg.accum_steps)))
+  parts.append(optax.adamw(learning_rate_schedule(cfg, updates), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                            weight_decay=cfg.weight_decay, mask=decay_mask))
   tx = optax.chain(*parts)
   if int(cfg.accum_steps) > 1:

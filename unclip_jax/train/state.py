@@ -35,7 +35,11 @@ class TrainState:
     params = optax.apply_updates(self.params, updates)
     if postprocess is not None:
       params = postprocess(params)
-    ema = ema_update(self.ema_params, params, ema_decay) if self.ema_params else self.ema_params
+    ema = self.ema_params
+    if ema:
+      ema = ema_update(ema, params, ema_decay)
+      if isinstance(tx, optax.MultiSteps):  # accumulating: the EMA moves only when the parameters do
+        ema = jax.tree.map(lambda new, old: jnp.where(tx.has_updated(opt_state), new, old), ema, self.ema_params)
     return self.replace(step=self.step + 1, params=params, opt_state=opt_state, ema_params=ema)
 
   def sampling_params(self):
