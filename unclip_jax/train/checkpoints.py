@@ -111,7 +111,8 @@ class RunCheckpoints:
       first = str(e).splitlines()[0] if str(e) else type(e).__name__
       raise UserError(f"the checkpoint at step {step} in {self.directory} does not fit this run (was the "
                       f"number of devices changed with train.shard_optimizer on?): {first}") from None
-    iterators = restored["data"]["iterators"]
+    data = restored["data"]
+    iterators = data["iterators"] if "iterators" in data else [data.get("iterator")]  # single-process format
     if len(iterators) != jax.process_count():
       raise UserError(f"the checkpoint at step {step} was made by {len(iterators)} process(es) reading their own "
                       f"data shards; this job has {jax.process_count()}: resume with the same process count")
