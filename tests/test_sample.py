@@ -57,7 +57,9 @@ def test_text_to_image_writes_pngs_sidecars_grid_and_reproduces(pipe_dir, tmp_pa
   code, _, err = cli(["--checkpoint", pipe_dir, "--prompt", "a red square", "--prompts-file", prompts,
                       "--num", 2, "--seed", 10, "--out", out], capsys)
   assert code == 0, err
-  assert "prior:" in err and "decoder:" in err and "sr_64_256:" in err and "compile" in err  # per-stage progress
+  # one program for text encoder, prior, decoder and upsampler, its compile time reported apart from sampling
+  assert "text → prior 4 → decoder 4 → sr_64_256 3: 8 rows, compile" in err
+  assert "4 image(s): compile" in err and "sampling" in err
   assert sorted(p.name for p in out.glob("*.png")) == ["0000.png", "0001.png", "0002.png", "0003.png", "grid.png"]
   imgs = [png(out / f"000{i}.png") for i in range(4)]
   assert all(im.shape == (64, 64, 3) for im in imgs)  # tiny decoder 16 px → 4x upsampler
@@ -101,8 +103,9 @@ def test_interpolate_endpoints_decode_from_endpoint_embeddings(pipe_dir, images,
   cli(["variations", images / "a.png", "--num", 1, "--checkpoint", pipe_dir, "--out", tmp_path / "warm"], capsys)
   pipe = next(iter(sample._CACHE.values()))
   seen = []
-  decode = pipe.decode
-  monkeypatch.setattr(pipe, "decode", lambda emb, *a, **k: (seen.append(np.array(emb)), decode(emb, *a, **k))[1])
+  decode = pipe.decode_embeddings
+  monkeypatch.setattr(pipe, "decode_embeddings",
+                      lambda emb, *a, **k: (seen.append(np.array(emb)), decode(emb, *a, **k))[1])
   out = tmp_path / "interp"
   code, _, err = cli(["interpolate", images / "a.png", images / "b.jpg", "--frames", 4, "--interp-noise",
                       "--checkpoint", pipe_dir, "--out", out], capsys)
@@ -280,3 +283,27 @@ def test_last_upsampler_step_uses_the_last_model():
   np.testing.assert_array_equal(with_last, only_last)  # a single step is the last step
   assert np.abs(with_last - only_first).max() > 1e-3
   assert jax.tree.structure(first) == jax.tree.structure(last)
+
+
+def test_one_program_per_call_equals_the_stages_run_one_by_one(pipe_dir):
+  """generate() compiles text encoder, prior, decoder and upsampler into one program, reused per batch,
+  and draws what the stage programs draw when run one after another on the same keys."""
+  pipe = P.Pipeline.load(pipe_dir, log=lambda m: None)
+  settings = pipe.settings()
+  prompts, seeds = ["a red square", "a blue circle", "a cat", "a dog"], [1, 2, 3, 4]
+  r = pipe.generate(prompts, seeds, settings, batch=8)
+  assert [t["stage"] for t in pipe.timings] == ["text → prior 4 → decoder 4 → sr_64_256 3"]
+  assert pipe.timings[0]["compile_s"] > 0
+  pipe.timings = []
+  twice = pipe.generate(prompts[:2] * 2, seeds[:2] * 2, settings, batch=2)  # 2 batches padded to 8 rows
+  assert [(t["rows"], t["compile_s"]) for t in pipe.timings] == [(8, 0.0), (8, 0.0)]  # the same program again
+  np.testing.assert_array_equal(twice["images"][:2], twice["images"][2:])
+
+  keys = P.image_keys(seeds)
+  text = pipe.encode_text(prompts, rows=8)
+  emb = pipe.sample_prior(text, keys, settings["prior"], rows=8)
+  small = pipe.decode(emb, text, keys, settings["decoder"], rows=8)
+  big = P.to_uint8(pipe.upsample(small, keys, settings, rows=8))
+  np.testing.assert_allclose(r["image_embeds"], emb, atol=1e-5)
+  np.testing.assert_allclose(r["small"], small, atol=1e-4)
+  assert np.abs(r["images"].astype(int) - big).max() <= 1

@@ -9,11 +9,14 @@ A pipeline folder (DESIGN.md):
 Sampling runs text → tokens → CLIP text tower → prior (guided against the empty caption, N candidates,
 keep the best z_i·z_t) → decoder (guided; the unconditional half uses the learned CFG image embedding and
 the empty caption, as Karlo / diffusers do) → upsamplers (noisy image concatenated with the bicubic
-upsampled low-resolution one; Karlo's last SR step uses `sr_64_256_last`) → uint8 images. Each stage is
-one jitted program around `diffusion.sample` (one `lax.scan`), compiled once per (batch, settings) and
-split over all local devices by sharding the batch axis; stage programs are separate so progress and
-compile time can be reported per stage and the applications (variations, interpolation, text diffs)
-reuse the decoder and upsampler programs.
+upsampled low-resolution one; Karlo's last SR step uses `sr_64_256_last`) → uint8 images.
+
+A whole call (`generate`, or `decode_embeddings` for the applications) is one jitted program: the text
+encoder, each diffusion stage's `diffusion.sample` (one `lax.scan` each) and the conversion to uint8,
+composed from the same traced pieces the single-stage methods (`encode_text`, `sample_prior`, `decode`,
+`upsample`) jit on their own. It is compiled once per (batch, settings), the guidance scales being
+arguments, and split over all local devices by sharding the batch axis; nothing returns to the host
+between stages.
 
 Every image has its own seed: all its noise comes from `PRNGKey(seed)` (folded per stage), so an image
 does not depend on which other images share its batch. Bit-exact reproduction also needs the same
@@ -430,9 +433,13 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
   return (u * ((1 - t) * na + t * nb)).astype(np.float32)
 
 
+def _uint8(x: jax.Array) -> jax.Array:
+  return jnp.clip(jnp.round((x.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
 def to_uint8(x) -> np.ndarray:
   """Images in [-1, 1] → uint8 [0, 255] (round to nearest)."""
-  return np.asarray(jnp.clip(jnp.round((jnp.asarray(x, jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8))
+  return np.asarray(_uint8(jnp.asarray(x)))
 
 
 def image_keys(seeds: Sequence[int]) -> np.ndarray:
@@ -472,7 +479,7 @@ class SRStage:
 
 
 class Pipeline:
-  """A loaded pipeline: models, parameters on device, default settings, and compiled stage programs.
+  """A loaded pipeline: models, parameters on device, default settings, and its compiled programs.
 
   Methods take host arrays with any batch size B, pad B to `batch` rows (a multiple of the local device
   count; padding repeats the last row) and return host arrays of B rows.
@@ -612,32 +619,139 @@ class Pipeline:
     b = max(1, min(n, batch or n))
     return [(i, min(n, i + b)) for i in range(0, n, b)]
 
-  # ---------------------------------------------------------------------------------------- encoders
+  # ---------------------------------------------------------------------------------- traced pieces
+  # Each piece is a pure function of device arrays. A stage method jits one piece; `generate` and
+  # `decode_embeddings` jit the pieces composed into one program for the whole call.
+
+  def _text_piece(self):
+    """(clip params, tokens (B, L)) → (pooled embeds (B, E), per-token states (B, L, W), mask (B, L))."""
+    clip = self.clip
+
+    def piece(params, tokens):
+      emb, states = clip.apply({"params": params}, tokens, method=clip.encode_text)
+      return emb, states, tokens != 0
+    return piece
+
+  def _prior_piece(self, s: StageSampling, candidates: int):
+    """(variables, scale, keys (B, 2), text (B rows), uncond (1 row)) → CLIP image embeddings (B, E):
+    per caption `candidates` prior samples, the one with the highest z_i·z_t kept."""
+    from unclip_jax import diffusion as D
+    from unclip_jax.models.prior import post_process_latents
+
+    if candidates < 1 or candidates > 64:
+      raise UserError(f"prior candidates must lie between 1 and 64, got {candidates}")
+    process = self._process("prior", s.steps)
+    prior, d = self.prior, self.prior.embedding_dim
+
+    def one(variables, scale, uncond_row, key, emb, states, mask):
+      tile = lambda a: jnp.broadcast_to(a[None], (candidates,) + a.shape)  # noqa: E731
+      cond = (tile(emb), tile(states), tile(mask))
+      uncond = tuple(tile(a[0]) for a in uncond_row)
+      model_fn = lambda x, t, c: prior.apply(variables, x, t, *c)  # noqa: E731
+      x = D.sample(process, model_fn, (candidates, d), jax.random.fold_in(key, PRIOR_KEY), cond=cond, uncond=uncond,
+                   guidance_scale=scale, sampler=s.sampler, eta=s.eta, clip_x0=s.clip_x0 or None,
+                   dynamic_threshold=s.dynamic_threshold or None)
+      z = post_process_latents(variables["stats"], x)
+      return z[jnp.argmax(z @ emb)]
+
+    def piece(variables, scale, keys, text, uncond_row):
+      return jax.vmap(lambda *a: one(variables, scale, uncond_row, *a))(keys, *text)
+    return piece
+
+  def _noise_one(self, key):
+    return jax.random.normal(jax.random.fold_in(key, DECODER_NOISE_KEY), (self.image_size, self.image_size, 3))
+
+  def _decoder_piece(self, s: StageSampling, trajectory: bool):
+    """(params, scale, keys, x_T or None, image embeds (B, E), text (B rows), uncond (1 row)) → 64 px images
+    in [-1, 1] (B, H, W, 3), and with `trajectory` the predicted x0 after every step (B, steps, H, W, 3).
+    Without x_T the noise comes from each image's key (`decoder_noise`)."""
+    from unclip_jax import diffusion as D
+
+    process = self._process("decoder", s.steps)
+    decoder, size = self.decoder, self.image_size
+
+    def one(params, scale, uncond_row, key, noise, img, emb, states, mask):
+      e = lambda a: a[None]  # noqa: E731
+      cond = (e(img), e(emb), e(states), e(mask), jnp.zeros((1,), bool))
+      uncond = (e(img), *uncond_row, jnp.ones((1,), bool))
+      model_fn = lambda x, t, c: decoder.apply({"params": params}, x, t, *c)  # noqa: E731
+      out = D.sample(process, model_fn, (1, size, size, 3), jax.random.fold_in(key, DECODER_KEY), cond=cond,
+                     uncond=uncond, guidance_scale=scale, sampler=s.sampler, eta=s.eta, clip_x0=s.clip_x0 or None,
+                     dynamic_threshold=s.dynamic_threshold or None, x_T=noise[None], return_trajectory=trajectory)
+      if trajectory:
+        x, traj = out
+        return jnp.clip(x[0], -1, 1), traj.pred_x0[:, 0]
+      return jnp.clip(out[0], -1, 1)
+
+    def piece(params, scale, keys, x_T, image_embeds, text, uncond_row):
+      if x_T is None:
+        x_T = jax.vmap(self._noise_one)(keys)
+      return jax.vmap(lambda *a: one(params, scale, uncond_row, *a))(keys, x_T, image_embeds.astype(jnp.float32),
+                                                                     *text)
+    return piece
+
+  def _upsample_piece(self, settings: dict[str, StageSampling]):
+    """(per-upsampler (params, last params or None), keys, images in [-1, 1]) → images at the output size:
+    the noisy image is concatenated with the bicubic-upsampled low-resolution one; Karlo's last step uses
+    `sr_64_256_last`."""
+    from unclip_jax import diffusion as D
+
+    stages = []
+    for i, sr in enumerate(self.srs):
+      s = settings[sr.name]
+      process = self._process(sr.name, s.steps)
+      stages.append((i, sr.model, sr.size, s, process, int(process.timestep_map[0])))
+
+    def one(i, model, size, s, process, last_t, params, last_params, key, low):
+      up = upsample_bicubic(low[None], size)
+
+      def model_fn(x, t, cond):
+        inp = jnp.concatenate([x, cond], axis=-1)
+        if last_params is None:
+          return model.apply({"params": params}, inp, t)
+        return jax.lax.cond(t[0] == last_t, lambda: model.apply({"params": last_params}, inp, t),
+                            lambda: model.apply({"params": params}, inp, t))
+      x = D.sample(process, model_fn, (1, size, size, 3), jax.random.fold_in(key, SR_KEY + i), cond=up,
+                   sampler=s.sampler, eta=s.eta, clip_x0=s.clip_x0 or None,
+                   dynamic_threshold=s.dynamic_threshold or None)
+      return jnp.clip(x[0], -1, 1)
+
+    def piece(sr_weights, keys, images):
+      for stage, (params, last_params) in zip(stages, sr_weights):
+        images = jax.vmap(lambda k, low, st=stage, p=params, lp=last_params: one(*st, p, lp, k, low))(keys, images)
+      return images
+    return piece
+
+  def _sr_weights(self) -> list:
+    return [(sr.params, sr.last_params) for sr in self.srs]
+
+  @staticmethod
+  def _key(s: StageSampling) -> tuple:
+    """What of a stage's settings is baked into a compiled program (the guidance scale is an argument)."""
+    return (s.steps, s.sampler, s.eta, s.clip_x0, s.dynamic_threshold)
+
+  # ------------------------------------------------------------------------------- one stage each
 
   def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
     return self.tokenizer(list(prompts), self.clip_config.context_length)
 
   def encode_text(self, prompts: Sequence[str], batch: int | None = None, rows: int | None = None) -> TextEncoding:
     tokens = self.tokenize(prompts)
-    clip = self.clip
+    outs = [self._run("clip_text", (), self._text_piece(), (self.clip_params,), (tokens[lo:hi],), hi - lo,
+                      rows or self.padded_batch(hi - lo, batch))
+            for lo, hi in self._chunks(len(tokens), batch)]
+    return TextEncoding(*(np.concatenate([o[j] for o in outs]) for j in range(3)))
 
-    def fn(p, t):
-      emb, states = clip.apply({"params": p}, t, method=clip.encode_text)
-      return emb, states
-    outs = []
-    for lo, hi in self._chunks(len(tokens), batch):
-      outs.append(self._run("clip_text", (), fn, (self.clip_params,), (tokens[lo:hi],), hi - lo,
-                            rows or self.padded_batch(hi - lo, batch)))
-    emb = np.concatenate([o[0] for o in outs])
-    states = np.concatenate([o[1] for o in outs])
-    return TextEncoding(emb, states, tokens != 0)
-
-  def uncond(self, n: int) -> TextEncoding:
-    """The empty caption's encoding, repeated n times (the unconditional branch of guidance)."""
+  def _uncond_row(self) -> tuple:
+    """The empty caption's encoding (one row), the unconditional branch of guidance."""
     if self._uncond is None:
       self._uncond = self.encode_text([""])
     u = self._uncond
-    return TextEncoding(*(np.repeat(a, n, axis=0) for a in (u.embeds, u.states, u.mask)))
+    return (u.embeds, u.states, u.mask)
+
+  def uncond(self, n: int) -> TextEncoding:
+    """The empty caption's encoding repeated n times."""
+    return TextEncoding(*(np.repeat(a, n, axis=0) for a in self._uncond_row()))
 
   def encode_images(self, images: np.ndarray, batch: int | None = None) -> np.ndarray:
     """uint8 (B, S, S, 3) at the CLIP image size → (B, E) CLIP image embeddings (unnormalised)."""
@@ -653,115 +767,39 @@ class Pipeline:
       outs.append(self._run("clip_image", (), fn, (self.clip_params,), (images[lo:hi],), hi - lo, rows))
     return np.concatenate(outs)
 
-  # ------------------------------------------------------------------------------------------ stages
-
   def sample_prior(self, text: TextEncoding, keys: np.ndarray, settings: StageSampling, *, candidates: int = 1,
                    rows: int | None = None) -> np.ndarray:
     """CLIP image embeddings (B, E): per caption `candidates` prior samples, the best z_i·z_t kept."""
-    from unclip_jax import diffusion as D
-    from unclip_jax.models.prior import post_process_latents
-
-    s = settings
-    if candidates < 1 or candidates > 64:
-      raise UserError(f"prior candidates must lie between 1 and 64, got {candidates}")
-    process = self._process("prior", s.steps)
-    prior, d = self.prior, self.prior.embedding_dim
-    u = self.uncond(len(keys))
-
-    def one(variables, scale, key, emb, states, mask, u_emb, u_states, u_mask):
-      tile = lambda a: jnp.broadcast_to(a[None], (candidates,) + a.shape)  # noqa: E731
-      cond = (tile(emb), tile(states), tile(mask))
-      uncond = (tile(u_emb), tile(u_states), tile(u_mask))
-      model_fn = lambda x, t, c: prior.apply(variables, x, t, *c)  # noqa: E731
-      x = D.sample(process, model_fn, (candidates, d), jax.random.fold_in(key, PRIOR_KEY), cond=cond, uncond=uncond,
-                   guidance_scale=scale, sampler=s.sampler, eta=s.eta, clip_x0=s.clip_x0 or None,
-                   dynamic_threshold=s.dynamic_threshold or None)
-      z = post_process_latents(variables["stats"], x)
-      return z[jnp.argmax(z @ emb)]
-
-    def fn(variables, scale, *batched):
-      return jax.vmap(lambda *a: one(variables, scale, *a))(*batched)
-    rows = rows or self.padded_batch(len(keys))
-    key = (s.steps, s.sampler, s.eta, s.clip_x0, s.dynamic_threshold, candidates)
-    return self._run("prior", key, fn, (self.prior_vars, np.float32(s.guidance_scale)),
-                     (keys, text.embeds, text.states, text.mask, u.embeds, u.states, u.mask), len(keys), rows)
+    piece = self._prior_piece(settings, candidates)
+    fn = lambda v, scale, u, keys, *text: piece(v, scale, keys, text, u)  # noqa: E731
+    return self._run("prior", self._key(settings) + (candidates,), fn,
+                     (self.prior_vars, np.float32(settings.guidance_scale), self._uncond_row()),
+                     (keys, text.embeds, text.states, text.mask), len(keys), rows or self.padded_batch(len(keys)))
 
   def decoder_noise(self, keys: np.ndarray) -> np.ndarray:
     """The decoder's x_T for each image key (what `decode` uses when given no x_T)."""
-    shape = (self.image_size, self.image_size, 3)
-    return np.asarray(jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, DECODER_NOISE_KEY), shape))(keys))
+    return np.asarray(jax.jit(jax.vmap(self._noise_one))(keys))
 
   def decode(self, image_embeds: np.ndarray, text: TextEncoding, keys: np.ndarray, settings: StageSampling, *,
              x_T: np.ndarray | None = None, trajectory: bool = False, rows: int | None = None):
     """64 px images in [-1, 1] (B, H, W, 3) from CLIP image embeddings and captions; with `trajectory`
     also the predicted x0 after every step (B, steps, H, W, 3)."""
-    from unclip_jax import diffusion as D
-
-    s = settings
-    process = self._process("decoder", s.steps)
-    decoder, size = self.decoder, self.image_size
-    u = self.uncond(len(keys))
-    if x_T is None:
-      x_T = self.decoder_noise(keys)
-
-    def one(params, scale, key, noise, img, emb, states, mask, u_emb, u_states, u_mask):
-      e = lambda a: a[None]  # noqa: E731
-      cond = (e(img), e(emb), e(states), e(mask), jnp.zeros((1,), bool))
-      uncond = (e(img), e(u_emb), e(u_states), e(u_mask), jnp.ones((1,), bool))
-      model_fn = lambda x, t, c: decoder.apply({"params": params}, x, t, *c)  # noqa: E731
-      out = D.sample(process, model_fn, (1, size, size, 3), jax.random.fold_in(key, DECODER_KEY), cond=cond,
-                     uncond=uncond, guidance_scale=scale, sampler=s.sampler, eta=s.eta, clip_x0=s.clip_x0 or None,
-                     dynamic_threshold=s.dynamic_threshold or None, x_T=noise[None], return_trajectory=trajectory)
-      if trajectory:
-        x, traj = out
-        return jnp.clip(x[0], -1, 1), traj.pred_x0[:, 0]
-      return jnp.clip(out[0], -1, 1)
-
-    def fn(params, scale, *batched):
-      return jax.vmap(lambda *a: one(params, scale, *a))(*batched)
-    rows = rows or self.padded_batch(len(keys))
-    key = (s.steps, s.sampler, s.eta, s.clip_x0, s.dynamic_threshold, trajectory)
-    return self._run("decoder", key, fn, (self.decoder_params, np.float32(s.guidance_scale)),
-                     (keys, x_T, np.asarray(image_embeds, np.float32), text.embeds, text.states, text.mask,
-                      u.embeds, u.states, u.mask), len(keys), rows)
+    piece = self._decoder_piece(settings, trajectory)
+    fn = lambda p, scale, u, keys, x_T, emb, *text: piece(p, scale, keys, x_T, emb, text, u)  # noqa: E731
+    x_T = self.decoder_noise(keys) if x_T is None else x_T
+    return self._run("decoder", self._key(settings) + (trajectory,), fn,
+                     (self.decoder_params, np.float32(settings.guidance_scale), self._uncond_row()),
+                     (keys, x_T, np.asarray(image_embeds, np.float32), text.embeds, text.states, text.mask),
+                     len(keys), rows or self.padded_batch(len(keys)))
 
   def upsample(self, images: np.ndarray, keys: np.ndarray, settings: dict[str, StageSampling], *,
                rows: int | None = None) -> np.ndarray:
     """Runs every upsampler stage on images in [-1, 1]; returns images in [-1, 1] at the output size."""
-    from unclip_jax import diffusion as D
+    key = tuple(self._key(settings[sr.name]) + (sr.last_params is None,) for sr in self.srs)
+    return self._run("upsamplers", key, self._upsample_piece(settings), (self._sr_weights(),),
+                     (keys, np.asarray(images, np.float32)), len(keys), rows or self.padded_batch(len(keys)))
 
-    for i, sr in enumerate(self.srs):
-      s = settings[sr.name]
-      process = self._process(sr.name, s.steps)
-      last_t = int(process.timestep_map[0])
-      model, size = sr.model, sr.size
-
-      def one(params, last_params, key, low, model=model, size=size, i=i, process=process, s=s, last_t=last_t):
-        up = upsample_bicubic(low[None], size)
-
-        def model_fn(x, t, cond):
-          inp = jnp.concatenate([x, cond], axis=-1)
-          if last_params is None:
-            return model.apply({"params": params}, inp, t)
-          return jax.lax.cond(t[0] == last_t, lambda: model.apply({"params": last_params}, inp, t),
-                              lambda: model.apply({"params": params}, inp, t))
-        x = D.sample(process, model_fn, (1, size, size, 3), jax.random.fold_in(key, SR_KEY + i), cond=up,
-                     sampler=s.sampler, eta=s.eta, clip_x0=s.clip_x0 or None,
-                     dynamic_threshold=s.dynamic_threshold or None)
-        return jnp.clip(x[0], -1, 1)
-
-      if sr.last_params is None:
-        fn = lambda params, *b, one=one: jax.vmap(lambda *a: one(params, None, *a))(*b)  # noqa: E731
-        replicated = (sr.params,)
-      else:
-        fn = lambda params, last, *b, one=one: jax.vmap(lambda *a: one(params, last, *a))(*b)  # noqa: E731
-        replicated = (sr.params, sr.last_params)
-      key = (s.steps, s.sampler, s.eta, s.clip_x0, s.dynamic_threshold, sr.last_params is None)
-      images = self._run(sr.name, key, fn, replicated, (keys, np.asarray(images, np.float32)), len(keys),
-                         rows or self.padded_batch(len(keys)))
-    return images
-
-  # ------------------------------------------------------------------------------------ end to end
+  # ---------------------------------------------------------------------- whole pipeline, one program
 
   def settings(self, overrides: dict[str, dict] | None = None) -> dict[str, StageSampling]:
     """The pipeline's default per-stage settings with `overrides` ({stage: {field: value}}) applied."""
@@ -771,10 +809,60 @@ class Pipeline:
       out[stage] = check_sampling(dataclasses.replace(s, **o), stage)
     return out
 
+  def _program(self, settings: dict[str, StageSampling], *, candidates: int, trajectory: bool, from_text: bool,
+               given_noise: bool):
+    """The whole call as one traced function: (weights, scales, empty caption tokens, per-image inputs) →
+    {"images": uint8, "small", "image_embeds"[, "trajectory"]}. With `from_text` the per-image inputs are
+    (keys, tokens), else (keys, tokens, image embeddings[, x_T])."""
+    text_fn = self._text_piece()
+    prior_fn = self._prior_piece(settings["prior"], candidates) if from_text else None
+    decoder_fn = self._decoder_piece(settings["decoder"], trajectory)
+    upsample_fn = self._upsample_piece(settings)
+
+    def program(weights, scales, empty_tokens, keys, tokens, *rest):
+      uncond_row = text_fn(weights["clip"], empty_tokens)
+      text = text_fn(weights["clip"], tokens)
+      if from_text:
+        image_embeds = prior_fn(weights["prior"], scales["prior"], keys, text, uncond_row)
+      else:
+        image_embeds = rest[0]
+      x_T = rest[1] if given_noise else None
+      small = decoder_fn(weights["decoder"], scales["decoder"], keys, x_T, image_embeds, text, uncond_row)
+      small, traj = small if trajectory else (small, None)
+      out = {"images": _uint8(upsample_fn(weights["sr"], keys, small)), "small": small,
+             "image_embeds": image_embeds.astype(jnp.float32)}
+      if trajectory:
+        out["trajectory"] = traj
+      return out
+    return program
+
+  def _run_program(self, settings, *, candidates: int, trajectory: bool, keys, tokens, image_embeds=None, x_T=None,
+                   rows: int) -> dict:
+    from_text = image_embeds is None
+    weights = {"clip": self.clip_params, "prior": self.prior_vars if from_text else None,
+               "decoder": self.decoder_params, "sr": self._sr_weights()}
+    scales = {s: np.float32(settings[s].guidance_scale) for s in ("prior", "decoder")}
+    batched = (keys, tokens) + (() if from_text else (np.asarray(image_embeds, np.float32),)) + (
+        () if x_T is None else (np.asarray(x_T, np.float32),))
+    stages = ["prior"] * from_text + ["decoder"] + [sr.name for sr in self.srs]
+    key = (tuple((st,) + self._key(settings[st]) for st in stages), candidates, trajectory, from_text, x_T is not None,
+           tuple(sr.last_params is None for sr in self.srs))
+    label = " → ".join(["text"] + [f"{st} {settings[st].steps}" for st in stages])
+    program = self._program(settings, candidates=candidates, trajectory=trajectory, from_text=from_text,
+                            given_noise=x_T is not None)
+    return self._run(label, key, program, (weights, scales, self.tokenize([""])), batched, len(keys), rows)
+
+  def _check_prompts(self, prompts: Sequence[str]) -> None:
+    for p in dict.fromkeys(prompts):
+      if len(self.tokenizer.encode(p)) + 2 > self.clip_config.context_length:
+        self.log(f"warning: the prompt {p[:40]!r}... is longer than CLIP's {self.clip_config.context_length} tokens "
+                 "and was truncated")
+
   def generate(self, prompts: Sequence[str], seeds: Sequence[int], settings: dict[str, StageSampling], *,
                candidates: int = 1, batch: int | None = None, trajectory: bool = False,
                rows: int | None = None) -> dict:
-    """Text → images. Returns {"images": uint8 (B, S, S, 3), "image_embeds", "small" (decoder output in
+    """Text → images, each batch of `batch` prompts one compiled program (text encoder, prior, decoder and
+    upsamplers). Returns {"images": uint8 (B, S, S, 3), "image_embeds", "small" (decoder output in
     [-1, 1]), "trajectory" (decoder predicted x0 per step, if asked), "rows" (compiled batch)}."""
     prompts = [str(p) for p in prompts]
     if not prompts or len(prompts) != len(seeds):
@@ -783,49 +871,35 @@ class Pipeline:
       if not p.strip():
         raise UserError("a prompt is empty; give some text to draw")
     keys_all = image_keys(seeds)
-    for p in dict.fromkeys(prompts):
-      if len(self.tokenizer.encode(p)) + 2 > self.clip_config.context_length:
-        self.log(f"warning: the prompt {p[:40]!r}... is longer than CLIP's {self.clip_config.context_length} tokens "
-                 "and was truncated")
-    out = {"images": [], "image_embeds": [], "small": [], "trajectory": []}
+    self._check_prompts(prompts)
+    tokens = self.tokenize(prompts)
     rows = self._rows(len(prompts), batch, rows)
+    outs = []
     for lo, hi in self._chunks(len(prompts), batch):
       self.log(f"images {lo + 1}-{hi} of {len(prompts)}")
-      keys = keys_all[lo:hi]
-      text = self.encode_text(prompts[lo:hi], batch=rows, rows=rows)
-      emb = self.sample_prior(text, keys, settings["prior"], candidates=candidates, rows=rows)
-      dec = self.decode(emb, text, keys, settings["decoder"], trajectory=trajectory, rows=rows)
-      small, traj = dec if trajectory else (dec, None)
-      images = self.upsample(small, keys, settings, rows=rows)
-      out["images"].append(to_uint8(images))
-      out["image_embeds"].append(emb)
-      out["small"].append(small)
-      if trajectory:
-        out["trajectory"].append(traj)
-    result = {k: np.concatenate(v) for k, v in out.items() if v}
-    result["rows"] = rows
-    return result
+      outs.append(self._run_program(settings, candidates=candidates, trajectory=trajectory, keys=keys_all[lo:hi],
+                                    tokens=tokens[lo:hi], rows=rows))
+    return self._gather(outs, rows)
 
   def decode_embeddings(self, image_embeds: np.ndarray, seeds: Sequence[int], settings: dict[str, StageSampling], *,
                         prompts: Sequence[str] | None = None, x_T: np.ndarray | None = None,
                         batch: int | None = None, trajectory: bool = False) -> dict:
-    """CLIP image embeddings → images (the applications). Captions default to the empty one."""
+    """CLIP image embeddings → images (the applications), one compiled program per batch (text encoder,
+    decoder, upsamplers). Captions default to the empty one."""
     n = len(image_embeds)
     keys_all = image_keys(seeds)
-    prompts = list(prompts) if prompts is not None else [""] * n
+    tokens = self.tokenize(list(prompts) if prompts is not None else [""] * n)
     rows = self.padded_batch(n, batch)
-    out = {"images": [], "small": [], "trajectory": []}
+    outs = []
     for lo, hi in self._chunks(n, batch):
-      keys = keys_all[lo:hi]
-      text = self.encode_text(prompts[lo:hi], batch=rows, rows=rows)
-      dec = self.decode(image_embeds[lo:hi], text, keys, settings["decoder"],
-                        x_T=None if x_T is None else x_T[lo:hi], trajectory=trajectory, rows=rows)
-      small, traj = dec if trajectory else (dec, None)
-      out["images"].append(to_uint8(self.upsample(small, keys, settings, rows=rows)))
-      out["small"].append(small)
-      if trajectory:
-        out["trajectory"].append(traj)
-    result = {k: np.concatenate(v) for k, v in out.items() if v}
+      outs.append(self._run_program(settings, candidates=1, trajectory=trajectory, keys=keys_all[lo:hi],
+                                    tokens=tokens[lo:hi], image_embeds=image_embeds[lo:hi],
+                                    x_T=None if x_T is None else x_T[lo:hi], rows=rows))
+    return self._gather(outs, rows)
+
+  @staticmethod
+  def _gather(outs: list[dict], rows: int) -> dict:
+    result = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     result["rows"] = rows
     return result
 
