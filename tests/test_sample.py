@@ -307,3 +307,47 @@ def test_one_program_per_call_equals_the_stages_run_one_by_one(pipe_dir):
   np.testing.assert_allclose(r["image_embeds"], emb, atol=1e-5)
   np.testing.assert_allclose(r["small"], small, atol=1e-4)
   assert np.abs(r["images"].astype(int) - big).max() <= 1
+
+
+def test_textdiff_and_interpolate_invert_decode_from_the_images_ddim_latents(pipe_dir, images, tmp_path, capsys,
+                                                                             monkeypatch):
+  """--invert: every strength of a text diff starts from the image's DDIM latent, and an interpolation row
+  slerps between the two images' latents; the decoder then runs DDIM with eta 0 and no clamp."""
+  from unclip_jax.zeroshot import load_image
+
+  cli(["variations", images / "a.png", "--num", 1, "--checkpoint", pipe_dir, "--out", tmp_path / "warm"], capsys)
+  pipe = next(iter(sample._CACHE.values()))
+  seen = []
+  decode = pipe.decode_embeddings
+  monkeypatch.setattr(pipe, "decode_embeddings", lambda emb, seeds, settings, **k: (
+      seen.append((np.array(emb), k["x_T"], settings["decoder"])), decode(emb, seeds, settings, **k))[1])
+  out = tmp_path / "diff"
+  code, _, err = cli(["textdiff", images / "a.png", "--from", "a photo", "--to", "a drawing", "--strengths", "0,1",
+                      "--invert", "--checkpoint", pipe_dir, "--out", out], capsys)
+  assert code == 0, err
+  assert "inverting 1 image(s) with 4 DDIM steps" in err
+  emb, x_T, dec = seen.pop()
+  assert (dec.sampler, dec.eta, dec.clip_x0, dec.dynamic_threshold) == ("ddim", 0.0, 0.0, 0.0)
+  size = pipe.image_size
+  image = load_image(images / "a.png", size).astype(np.float32)[None] / 127.5 - 1
+  latent = pipe.invert(image, emb[:1], dec)
+  np.testing.assert_array_equal(x_T, np.repeat(latent, 2, axis=0))
+  assert not np.allclose(latent, pipe.decoder_noise(P.image_keys([0])), atol=0.1)  # not the seed's noise
+  rec = json.loads((out / "0001.json").read_text())
+  assert rec["inverted"] is True and rec["settings"]["decoder"]["sampler"] == "ddim"
+
+  code, _, err = cli(["interpolate", images / "a.png", images / "b.jpg", "--frames", 3, "--invert",
+                      "--checkpoint", pipe_dir, "--out", tmp_path / "interp"], capsys)
+  assert code == 0, err
+  emb, x_T, dec = seen.pop()
+  ends = np.stack([load_image(images / n, size) for n in ("a.png", "b.jpg")]).astype(np.float32) / 127.5 - 1
+  latents = pipe.invert(ends, emb[[0, -1]], dec)
+  np.testing.assert_allclose(x_T[[0, -1]], latents, atol=1e-6)
+  assert not np.allclose(x_T[1], latents[0]) and not np.allclose(x_T[1], latents[1])
+
+  code, _, err = cli(["interpolate", images / "a.png", images / "b.jpg", "--invert", "--interp-noise",
+                      "--checkpoint", pipe_dir, "--out", tmp_path / "both"], capsys)
+  assert code == 2 and "give one of them" in err and not (tmp_path / "both").exists()
+  code, _, err = cli(["textdiff", images / "a.png", "--from", "a", "--to", "b", "--invert", "--sampler", "ddpm",
+                      "--checkpoint", pipe_dir, "--out", tmp_path / "ddpm"], capsys)
+  assert code == 2 and "drop --sampler ddpm" in err

@@ -433,6 +433,15 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
   return (u * ((1 - t) * na + t * nb)).astype(np.float32)
 
 
+def _decoder_branches(uncond_row, img, emb, states, mask):
+  """The decoder's (cond, uncond) for one image: both see the CLIP image embedding; the unconditional
+  branch gets the empty caption and the flag that swaps in the learned CFG embedding (Karlo, diffusers)."""
+  e = lambda a: a[None]  # noqa: E731
+  cond = (e(img), e(emb), e(states), e(mask), jnp.zeros((1,), bool))
+  uncond = (e(img), *uncond_row, jnp.ones((1,), bool))
+  return cond, uncond
+
+
 def _uint8(x: jax.Array) -> jax.Array:
   return jnp.clip(jnp.round((x.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
@@ -671,9 +680,7 @@ class Pipeline:
     decoder, size = self.decoder, self.image_size
 
     def one(params, scale, uncond_row, key, noise, img, emb, states, mask):
-      e = lambda a: a[None]  # noqa: E731
-      cond = (e(img), e(emb), e(states), e(mask), jnp.zeros((1,), bool))
-      uncond = (e(img), *uncond_row, jnp.ones((1,), bool))
+      cond, uncond = _decoder_branches(uncond_row, img, emb, states, mask)
       model_fn = lambda x, t, c: decoder.apply({"params": params}, x, t, *c)  # noqa: E731
       out = D.sample(process, model_fn, (1, size, size, 3), jax.random.fold_in(key, DECODER_KEY), cond=cond,
                      uncond=uncond, guidance_scale=scale, sampler=s.sampler, eta=s.eta, clip_x0=s.clip_x0 or None,
@@ -688,6 +695,25 @@ class Pipeline:
         x_T = jax.vmap(self._noise_one)(keys)
       return jax.vmap(lambda *a: one(params, scale, uncond_row, *a))(keys, x_T, image_embeds.astype(jnp.float32),
                                                                      *text)
+    return piece
+
+  def _invert_piece(self, s: StageSampling):
+    """(params, scale, images in [-1, 1] (B, H, W, 3), image embeds, text (B rows), uncond (1 row)) → each
+    image's DDIM latent x_T under the guided decoder (the paper's inversion; decode it with `s` and
+    sampler "ddim", eta 0 to get the image back)."""
+    from unclip_jax.diffusion.inversion import ddim_invert
+
+    process = self._process("decoder", s.steps)
+    decoder = self.decoder
+
+    def one(params, scale, uncond_row, x0, img, emb, states, mask):
+      cond, uncond = _decoder_branches(uncond_row, img, emb, states, mask)
+      model_fn = lambda x, t, c: decoder.apply({"params": params}, x, t, *c)  # noqa: E731
+      return ddim_invert(process, model_fn, x0[None], cond=cond, uncond=uncond, guidance_scale=scale)[0]
+
+    def piece(params, scale, images, image_embeds, text, uncond_row):
+      return jax.vmap(lambda *a: one(params, scale, uncond_row, *a))(images.astype(jnp.float32),
+                                                                     image_embeds.astype(jnp.float32), *text)
     return piece
 
   def _upsample_piece(self, settings: dict[str, StageSampling]):
@@ -791,6 +817,30 @@ class Pipeline:
                      (self.decoder_params, np.float32(settings.guidance_scale), self._uncond_row()),
                      (keys, x_T, np.asarray(image_embeds, np.float32), text.embeds, text.states, text.mask),
                      len(keys), rows or self.padded_batch(len(keys)))
+
+  def invert(self, images: np.ndarray, image_embeds: np.ndarray, settings: StageSampling, *,
+             prompts: Sequence[str] | None = None, batch: int | None = None) -> np.ndarray:
+    """DDIM inversion of decoder-size images in [-1, 1] (B, H, W, 3) conditioned on their CLIP image
+    embeddings (and captions, default empty): the x_T that `decode_embeddings` with these `settings`
+    (sampler "ddim", eta 0) turns back into the images. One program: text encoder + inversion scan."""
+    if tuple(images.shape[1:]) != (self.image_size, self.image_size, 3):
+      raise UserError(f"images to invert must be {self.image_size}x{self.image_size} RGB (the decoder's size), "
+                      f"got shape {tuple(images.shape[1:])}")
+    text_fn, invert_fn = self._text_piece(), self._invert_piece(settings)
+
+    def program(weights, scale, empty_tokens, images, image_embeds, tokens):
+      return invert_fn(weights["decoder"], scale, images, image_embeds, text_fn(weights["clip"], tokens),
+                       text_fn(weights["clip"], empty_tokens))
+    n = len(images)
+    tokens = self.tokenize(list(prompts) if prompts is not None else [""] * n)
+    weights = {"clip": self.clip_params, "decoder": self.decoder_params}
+    rows = self.padded_batch(n, batch)
+    outs = [self._run(f"text → invert decoder {settings.steps}", self._key(settings), program,
+                      (weights, np.float32(settings.guidance_scale), self.tokenize([""])),
+                      (np.asarray(images[lo:hi], np.float32), np.asarray(image_embeds[lo:hi], np.float32),
+                       tokens[lo:hi]), hi - lo, rows)
+            for lo, hi in self._chunks(n, batch)]
+    return np.concatenate(outs)
 
   def upsample(self, images: np.ndarray, keys: np.ndarray, settings: dict[str, StageSampling], *,
                rows: int | None = None) -> np.ndarray:

@@ -78,12 +78,18 @@ def _parser(mode: str | None) -> argparse.ArgumentParser:
       p.add_argument("--frames", type=int, default=5, help="images in the row, endpoints included")
       p.add_argument("--interp-noise", action="store_true",
                      help="also slerp the decoder's x_T between the endpoints' noise (seed, seed + 1)")
+      p.add_argument("--invert", action="store_true",
+                     help="slerp between the images' DDIM-inverted latents instead, so the row's ends redraw "
+                          "the two images (decodes with DDIM, eta 0)")
     else:
       p.add_argument("image")
       p.add_argument("--from", dest="from_text", required=True, help="caption describing the image now")
       p.add_argument("--to", dest="to_text", required=True, help="caption describing the wanted image")
       p.add_argument("--strengths", default="0,0.25,0.5,0.75",
                      help="comma-separated slerp fractions toward the text difference (0 = the image)")
+      p.add_argument("--invert", action="store_true",
+                     help="decode every strength from the image's DDIM-inverted latent (the paper's way: "
+                          "strength 0 redraws the image; decodes with DDIM, eta 0)")
   return p
 
 
@@ -321,6 +327,25 @@ def run_sidecar(args, log) -> list[Path]:
   return writer.commit()
 
 
+def _invert_overrides(args, overrides: dict) -> None:
+  """--invert decodes with deterministic DDIM (eta 0) and no x0 clamp: the sampler the inversion runs
+  backwards (a clamp is not invertible, so with it the latent would not lead back to the image)."""
+  if not getattr(args, "invert", False):
+    return
+  if args.sampler == "ddpm":
+    raise UserError("--invert decodes with DDIM (eta 0); drop --sampler ddpm")
+  overrides["decoder"].update(sampler="ddim", eta=0.0, clip_x0=0.0, dynamic_threshold=0.0)
+
+
+def _inverted_latents(pipe, paths: Sequence[str], embeds: np.ndarray, settings, log) -> np.ndarray:
+  """The decoder's DDIM latents of the images (read at the decoder's size) under their own embeddings."""
+  from unclip_jax.zeroshot import load_image
+
+  images = np.stack([load_image(p, pipe.image_size) for p in paths]).astype(np.float32) / 127.5 - 1.0
+  log(f"inverting {len(paths)} image(s) with {settings['decoder'].steps} DDIM steps")
+  return pipe.invert(images, embeds, settings["decoder"])
+
+
 def _image_embeds(pipe, paths: Sequence[str]) -> np.ndarray:
   from unclip_jax.zeroshot import load_image
 
@@ -370,7 +395,10 @@ def run_interpolate(args, log) -> tuple[list[Path], dict]:
   _check_image(args.image_b)
   if not 2 <= args.frames <= 256:
     raise UserError(f"--frames must lie between 2 and 256, got {args.frames}")
+  if args.invert and args.interp_noise:
+    raise UserError("--invert and --interp-noise both choose the decoder noise; give one of them")
   overrides = _overrides(args)
+  _invert_overrides(args, overrides)
   writer = _Writer(args.out)
   pipe = _load(args, log)
   settings = pipe.settings(overrides)
@@ -383,6 +411,9 @@ def run_interpolate(args, log) -> tuple[list[Path], dict]:
       raise UserError("--seed + 1 must stay below 2**32 with --interp-noise")
     na, nb = pipe.decoder_noise(image_keys([args.seed, args.seed + 1]))
     x_T = np.stack([slerp(na.reshape(1, -1), nb.reshape(1, -1), float(t)).reshape(na.shape) for t in ts])
+  elif args.invert:
+    na, nb = _inverted_latents(pipe, [args.image_a, args.image_b], emb, settings, log)
+    x_T = np.stack([slerp(na.reshape(1, -1), nb.reshape(1, -1), float(t)).reshape(na.shape) for t in ts])
   result = pipe.decode_embeddings(embeds, seeds, settings, x_T=x_T, batch=args.batch_size,
                                   trajectory=args.trajectory)
   _report_timings(pipe, args.frames, log)
@@ -393,6 +424,7 @@ def run_interpolate(args, log) -> tuple[list[Path], dict]:
     writer.json(f"{name}.json", {**base, "prompt": "", "images": [str(Path(args.image_a).absolute()),
                                                                   str(Path(args.image_b).absolute())],
                                  "fraction": float(ts[i]), "interp_noise": bool(args.interp_noise),
+                                 "inverted": bool(args.invert),
                                  "seed": seeds[i], "index": i, "image": f"{name}.png",
                                  "batch_size": int(result["rows"])})
   writer.png("grid.png", grid(result["images"], args.frames))
@@ -426,6 +458,7 @@ def run_textdiff(args, log) -> list[Path]:
     if not text.strip():
       raise UserError(f"{name} is empty; give a caption")
   overrides = _overrides(args)
+  _invert_overrides(args, overrides)
   writer = _Writer(args.out)
   pipe = _load(args, log)
   settings = pipe.settings(overrides)
@@ -433,7 +466,11 @@ def run_textdiff(args, log) -> list[Path]:
   text = pipe.encode_text([args.from_text, args.to_text])
   embeds = textdiff_embeddings(emb, text.embeds[0], text.embeds[1], strengths)
   seeds = [args.seed] * len(strengths)
-  result = pipe.decode_embeddings(embeds, seeds, settings, batch=args.batch_size, trajectory=args.trajectory)
+  x_T = None
+  if args.invert:
+    x_T = np.repeat(_inverted_latents(pipe, [args.image], emb[None], settings, log), len(strengths), axis=0)
+  result = pipe.decode_embeddings(embeds, seeds, settings, x_T=x_T, batch=args.batch_size,
+                                  trajectory=args.trajectory)
   _report_timings(pipe, len(strengths), log)
   base = _base_record(args, pipe, settings, "textdiff")
   names = [f"{i:04d}" for i in range(len(strengths))]
@@ -441,6 +478,7 @@ def run_textdiff(args, log) -> list[Path]:
     writer.png(f"{name}.png", result["images"][i])
     writer.json(f"{name}.json", {**base, "prompt": "", "source_image": str(Path(args.image).absolute()),
                                  "from": args.from_text, "to": args.to_text, "strength": strengths[i],
+                                 "inverted": bool(args.invert),
                                  "seed": seeds[i], "index": i, "image": f"{name}.png",
                                  "batch_size": int(result["rows"])})
   writer.png("grid.png", grid(result["images"], len(strengths)))
