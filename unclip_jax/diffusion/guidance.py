@@ -60,6 +60,17 @@ def guided_model_fn(model_fn: ModelFn, cond: Any, uncond: Any, scale, *,
   return fn
 
 
+def conditioned_model_fn(model_fn: ModelFn, cond: Any, uncond: Any, scale, *,
+                         guided_channels: int | None = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """`model_fn` bound to its conditioning as a function of (x_t, t): guided (one doubled-batch call)
+  when both `uncond` and `scale` are given, else the plain conditional model. What samplers and the
+  DDIM inversion call each step."""
+  if scale is not None and uncond is not None:
+    return guided_model_fn(model_fn, cond, uncond, scale, guided_channels=guided_channels)
+  check_guidance_scale(scale)
+  return lambda x, t: model_fn(x, t, cond)
+
+
 def clip_x0(x0: jax.Array, bound: float) -> jax.Array:
   """Static thresholding: clamp predicted x0 to [-bound, bound]."""
   return jnp.clip(x0, -bound, bound)

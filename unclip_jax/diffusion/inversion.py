@@ -59,12 +59,8 @@ def ddim_invert(diffusion: GaussianDiffusion, model_fn: Callable[[jax.Array, jax
   shape = tuple(x0.shape)
   if len(shape) < 2:
     raise ValueError(f"x0 must have a batch axis and at least one feature axis, got shape {shape}")
-  if guidance_scale is not None and uncond is not None:
-    guided = guidance.guided_model_fn(model_fn, cond, uncond, guidance_scale,
-                                      guided_channels=shape[-1] if diffusion.learns_variance else None)
-  else:
-    guidance.check_guidance_scale(guidance_scale)
-    guided = lambda x, t: model_fn(x, t, cond)  # noqa: E731
+  guided = guidance.conditioned_model_fn(model_fn, cond, uncond, guidance_scale,
+                                         guided_channels=shape[-1] if diffusion.learns_variance else None)
 
   def body(x, index):
     batch_index = jnp.full((shape[0],), index, jnp.int32)

@@ -103,12 +103,8 @@ def sample(diffusion: GaussianDiffusion, model_fn: Callable[[jax.Array, jax.Arra
   shape = tuple(shape)
   check_sampler_args(sampler, eta, shape)
   denoise_x0 = guidance.make_x0_denoiser(clip_x0, dynamic_threshold)
-  if guidance_scale is not None and uncond is not None:
-    guided = guidance.guided_model_fn(model_fn, cond, uncond, guidance_scale,
-                                      guided_channels=shape[-1] if diffusion.learns_variance else None)
-  else:
-    guidance.check_guidance_scale(guidance_scale)
-    guided = lambda x, t: model_fn(x, t, cond)  # noqa: E731
+  guided = guidance.conditioned_model_fn(model_fn, cond, uncond, guidance_scale,
+                                         guided_channels=shape[-1] if diffusion.learns_variance else None)
 
   init_key, step_keys = sampling_keys(key, diffusion.num_timesteps)
   if x_T is None:
