@@ -122,6 +122,11 @@ def _overrides(args) -> dict:
   return o
 
 
+def _check_num(num: int) -> None:
+  if not 1 <= num <= MAX_IMAGES:
+    raise UserError(f"--num must lie between 1 and {MAX_IMAGES}, got {num}")
+
+
 def _check_image(path: str) -> None:
   """Fails early (before loading models) on a missing or unreadable image."""
   from unclip_jax.zeroshot import load_image
@@ -263,18 +268,41 @@ def _save_trajectories(writer: _Writer, names: list[str], result: dict, size: in
     writer.gif(f"{name}_trajectory.gif", frames)
 
 
+def _start(args, log, *, invert: bool = False):
+  """What every mode does once its own arguments are checked: stage overrides from the flags, the output
+  writer (refusing a bad --out before anything slow), the loaded pipeline and its per-stage settings."""
+  overrides = _overrides(args)
+  if invert:
+    _invert_overrides(args, overrides)
+  writer = _Writer(args.out)
+  pipe = _load(args, log)
+  return writer, pipe, pipe.settings(overrides)
+
+
+def _write_images(writer: _Writer, args, pipe, settings, mode: str, result: dict, records: list[dict],
+                  cols: int) -> list[Path]:
+  """NNNN.png + NNNN.json per image (the run's shared record, then the image's own fields), grid.png and,
+  with --trajectory, the trajectories; then commits the files atomically."""
+  base = _base_record(args, pipe, settings, mode)
+  names = [f"{i:04d}" for i in range(len(records))]
+  for i, (name, rec) in enumerate(zip(names, records)):
+    writer.png(f"{name}.png", result["images"][i])
+    writer.json(f"{name}.json", {**base, "prompt": "", **rec, "index": i, "image": f"{name}.png",
+                                 "batch_size": int(result["rows"])})
+  writer.png("grid.png", grid(result["images"], cols))
+  if args.trajectory:
+    _save_trajectories(writer, names, result, pipe.output_size)
+  return writer.commit()
+
+
 def run_text(args, log) -> list[Path]:
   if args.from_sidecar:
     return run_sidecar(args, log)
   if not args.checkpoint:
     raise UserError("--checkpoint is required (or give --from-sidecar)")
   prompts = _read_prompts(args)
-  if not 1 <= args.num <= MAX_IMAGES:
-    raise UserError(f"--num must lie between 1 and {MAX_IMAGES}, got {args.num}")
-  overrides = _overrides(args)
-  writer = _Writer(args.out)
-  pipe = _load(args, log)
-  settings = pipe.settings(overrides)
+  _check_num(args.num)
+  writer, pipe, settings = _start(args, log)
   all_prompts = [p for p in prompts for _ in range(args.num)]
   seeds = [args.seed + i for i in range(len(all_prompts))]
   if seeds[-1] >= 2 ** 32:
@@ -282,16 +310,9 @@ def run_text(args, log) -> list[Path]:
   result = pipe.generate(all_prompts, seeds, settings, candidates=args.prior_candidates, batch=args.batch_size,
                          trajectory=args.trajectory)
   _report_timings(pipe, len(all_prompts), log)
-  names = [f"{i:04d}" for i in range(len(all_prompts))]
-  base = _base_record(args, pipe, settings, "text")
-  for i, (name, prompt, seed) in enumerate(zip(names, all_prompts, seeds)):
-    writer.png(f"{name}.png", result["images"][i])
-    writer.json(f"{name}.json", {**base, "prompt": prompt, "seed": seed, "index": i, "image": f"{name}.png",
-                                 "batch_size": int(result["rows"])})
-  writer.png("grid.png", grid(result["images"], args.num if len(prompts) > 1 else min(len(all_prompts), 8)))
-  if args.trajectory:
-    _save_trajectories(writer, names, result, pipe.output_size)
-  return writer.commit()
+  records = [{"prompt": p, "seed": seed} for p, seed in zip(all_prompts, seeds)]
+  cols = args.num if len(prompts) > 1 else min(len(all_prompts), 8)
+  return _write_images(writer, args, pipe, settings, "text", result, records, cols)
 
 
 def run_sidecar(args, log) -> list[Path]:
@@ -355,28 +376,16 @@ def _image_embeds(pipe, paths: Sequence[str]) -> np.ndarray:
 
 def run_variations(args, log) -> list[Path]:
   _check_image(args.image)
-  if not 1 <= args.num <= MAX_IMAGES:
-    raise UserError(f"--num must lie between 1 and {MAX_IMAGES}, got {args.num}")
-  overrides = _overrides(args)
-  writer = _Writer(args.out)
-  pipe = _load(args, log)
-  settings = pipe.settings(overrides)
+  _check_num(args.num)
+  writer, pipe, settings = _start(args, log)
   emb = _image_embeds(pipe, [args.image])
   seeds = [args.seed + i for i in range(args.num)]
   result = pipe.decode_embeddings(np.repeat(emb, args.num, axis=0), seeds, settings, batch=args.batch_size,
                                   trajectory=args.trajectory)
   _report_timings(pipe, args.num, log)
-  base = _base_record(args, pipe, settings, "variations")
-  names = [f"{i:04d}" for i in range(args.num)]
-  for i, name in enumerate(names):
-    writer.png(f"{name}.png", result["images"][i])
-    writer.json(f"{name}.json", {**base, "prompt": "", "source_image": str(Path(args.image).absolute()),
-                                 "seed": seeds[i], "index": i, "image": f"{name}.png",
-                                 "batch_size": int(result["rows"])})
-  writer.png("grid.png", grid(result["images"], min(args.num, 8)))
-  if args.trajectory:
-    _save_trajectories(writer, names, result, pipe.output_size)
-  return writer.commit()
+  source = str(Path(args.image).absolute())
+  records = [{"source_image": source, "seed": seed} for seed in seeds]
+  return _write_images(writer, args, pipe, settings, "variations", result, records, min(args.num, 8))
 
 
 def interpolation_embeddings(a: np.ndarray, b: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -397,11 +406,7 @@ def run_interpolate(args, log) -> tuple[list[Path], dict]:
     raise UserError(f"--frames must lie between 2 and 256, got {args.frames}")
   if args.invert and args.interp_noise:
     raise UserError("--invert and --interp-noise both choose the decoder noise; give one of them")
-  overrides = _overrides(args)
-  _invert_overrides(args, overrides)
-  writer = _Writer(args.out)
-  pipe = _load(args, log)
-  settings = pipe.settings(overrides)
+  writer, pipe, settings = _start(args, log, invert=args.invert)
   emb = _image_embeds(pipe, [args.image_a, args.image_b])
   ts, embeds = interpolation_embeddings(emb[0], emb[1], args.frames)
   seeds = [args.seed] * args.frames  # same decoder noise along the row, unless --interp-noise
@@ -417,20 +422,11 @@ def run_interpolate(args, log) -> tuple[list[Path], dict]:
   result = pipe.decode_embeddings(embeds, seeds, settings, x_T=x_T, batch=args.batch_size,
                                   trajectory=args.trajectory)
   _report_timings(pipe, args.frames, log)
-  base = _base_record(args, pipe, settings, "interpolate")
-  names = [f"{i:04d}" for i in range(args.frames)]
-  for i, name in enumerate(names):
-    writer.png(f"{name}.png", result["images"][i])
-    writer.json(f"{name}.json", {**base, "prompt": "", "images": [str(Path(args.image_a).absolute()),
-                                                                  str(Path(args.image_b).absolute())],
-                                 "fraction": float(ts[i]), "interp_noise": bool(args.interp_noise),
-                                 "inverted": bool(args.invert),
-                                 "seed": seeds[i], "index": i, "image": f"{name}.png",
-                                 "batch_size": int(result["rows"])})
-  writer.png("grid.png", grid(result["images"], args.frames))
-  if args.trajectory:
-    _save_trajectories(writer, names, result, pipe.output_size)
-  return writer.commit(), {"image_embeds": emb, "decoder_embeds": embeds}
+  sources = [str(Path(args.image_a).absolute()), str(Path(args.image_b).absolute())]
+  records = [{"images": sources, "fraction": float(t), "interp_noise": bool(args.interp_noise),
+              "inverted": bool(args.invert), "seed": seed} for t, seed in zip(ts, seeds)]
+  written = _write_images(writer, args, pipe, settings, "interpolate", result, records, args.frames)
+  return written, {"image_embeds": emb, "decoder_embeds": embeds}
 
 
 def textdiff_embeddings(image: np.ndarray, text_from: np.ndarray, text_to: np.ndarray,
@@ -457,11 +453,7 @@ def run_textdiff(args, log) -> list[Path]:
   for name, text in (("--from", args.from_text), ("--to", args.to_text)):
     if not text.strip():
       raise UserError(f"{name} is empty; give a caption")
-  overrides = _overrides(args)
-  _invert_overrides(args, overrides)
-  writer = _Writer(args.out)
-  pipe = _load(args, log)
-  settings = pipe.settings(overrides)
+  writer, pipe, settings = _start(args, log, invert=args.invert)
   emb = _image_embeds(pipe, [args.image])[0]
   text = pipe.encode_text([args.from_text, args.to_text])
   embeds = textdiff_embeddings(emb, text.embeds[0], text.embeds[1], strengths)
@@ -472,19 +464,10 @@ def run_textdiff(args, log) -> list[Path]:
   result = pipe.decode_embeddings(embeds, seeds, settings, x_T=x_T, batch=args.batch_size,
                                   trajectory=args.trajectory)
   _report_timings(pipe, len(strengths), log)
-  base = _base_record(args, pipe, settings, "textdiff")
-  names = [f"{i:04d}" for i in range(len(strengths))]
-  for i, name in enumerate(names):
-    writer.png(f"{name}.png", result["images"][i])
-    writer.json(f"{name}.json", {**base, "prompt": "", "source_image": str(Path(args.image).absolute()),
-                                 "from": args.from_text, "to": args.to_text, "strength": strengths[i],
-                                 "inverted": bool(args.invert),
-                                 "seed": seeds[i], "index": i, "image": f"{name}.png",
-                                 "batch_size": int(result["rows"])})
-  writer.png("grid.png", grid(result["images"], len(strengths)))
-  if args.trajectory:
-    _save_trajectories(writer, names, result, pipe.output_size)
-  return writer.commit()
+  source = str(Path(args.image).absolute())
+  records = [{"source_image": source, "from": args.from_text, "to": args.to_text, "strength": strength,
+              "inverted": bool(args.invert), "seed": seed} for strength, seed in zip(strengths, seeds)]
+  return _write_images(writer, args, pipe, settings, "textdiff", result, records, len(strengths))
 
 
 def _report_timings(pipe, n_images: int, log) -> None:
