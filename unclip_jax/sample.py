@@ -3,8 +3,10 @@
     python -m unclip_jax.sample --checkpoint DIR --prompt "a corgi" [--prompt ...] [--prompts-file F] --out OUT
     python -m unclip_jax.sample --from-sidecar OUT/0000.json --out OUT2          (reproduces that image exactly)
     python -m unclip_jax.sample variations IMAGE --checkpoint DIR --out OUT [--num 4]
-    python -m unclip_jax.sample interpolate IMAGE_A IMAGE_B --frames 5 --checkpoint DIR --out OUT
-    python -m unclip_jax.sample textdiff IMAGE --from "a photo of a cat" --to "an anime drawing of a cat" ...
+    python -m unclip_jax.sample interpolate IMAGE_A IMAGE_B --frames 5 [--invert] --checkpoint DIR --out OUT
+    python -m unclip_jax.sample textdiff IMAGE --from "a photo of a cat" --to "an anime drawing of a cat" [--invert] ...
+
+`--invert` decodes from the images' DDIM latents (the paper's inversion) rather than from seed noise.
 
 Writes one PNG per image (NNNN.png), a JSON sidecar beside each (prompt, seed, per-stage settings,
 checkpoint, dtype, weights, compiled batch) and grid.png (one row per prompt / application row);
