@@ -804,7 +804,9 @@ class Pipeline:
 
   def decoder_noise(self, keys: np.ndarray) -> np.ndarray:
     """The decoder's x_T for each image key (what `decode` uses when given no x_T)."""
-    return np.asarray(jax.jit(jax.vmap(self._noise_one))(keys))
+    if "decoder_noise" not in self._compiled:
+      self._compiled["decoder_noise"] = jax.jit(jax.vmap(self._noise_one))
+    return np.asarray(self._compiled["decoder_noise"](keys))
 
   def decode(self, image_embeds: np.ndarray, text: TextEncoding, keys: np.ndarray, settings: StageSampling, *,
              x_T: np.ndarray | None = None, trajectory: bool = False, rows: int | None = None):

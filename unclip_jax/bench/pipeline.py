@@ -4,8 +4,8 @@
     python -m unclip_jax.bench pipeline --preset tiny --batch 1,8       (CPU smoke run)
 
 For each global batch size: compile time of the pipeline program (text encoder, prior, decoder and
-upsamplers compiled as one, as `python -m unclip_jax.sample` runs them; first call), sampling time of a
-second call with other seeds (program reused), seconds per image, and the peak device memory
+upsamplers compiled as one, as `python -m unclip_jax.sample` runs them; first call), sampling time
+(median of `--repeats` further calls with other seeds, program reused), seconds per image, and the peak device memory
 (`jax.devices()[0].memory_stats()["peak_bytes_in_use"]`, where the backend reports it). `--stages` also
 runs the stages as separate programs, one after another, and reports each one's compile and sampling
 time (where the time goes; the peak memory then covers both runs). Steps and
@@ -38,6 +38,7 @@ def _parse(argv):
                  help="compute dtype (default: each stage config's: bfloat16 for random karlo, float32 for tiny; "
                       "converted Karlo checkpoints say float32)")
   p.add_argument("--stages", action="store_true", help="also time each stage as its own program")
+  p.add_argument("--repeats", type=int, default=3, help="timed calls after the first; medians are reported")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", default=None, help="also write the results to this JSON file")
   return p.parse_args(argv)
@@ -70,8 +71,16 @@ def _staged(pipe, prompts: list[str], seeds: list[int], settings, candidates: in
   pipe.upsample(pipe.decode(emb, text, keys, settings["decoder"]), keys, settings)
 
 
+def _timed(pipe, call, r: int):
+  """(the pipeline's timings of `call(r)`, its wall seconds, its result)."""
+  pipe.timings = []
+  start = time.perf_counter()
+  result = call(r)
+  return list(pipe.timings), time.perf_counter() - start, result
+
+
 def run(preset: str, batches: list[int], *, overrides: dict, candidates: int = 1, dtype: str | None = None,
-        seed: int = 0, stages: bool = False, log=print) -> dict:
+        seed: int = 0, stages: bool = False, repeats: int = 3, log=print) -> dict:
   from unclip_jax.pipeline import Pipeline
 
   start = time.perf_counter()
@@ -83,36 +92,35 @@ def run(preset: str, batches: list[int], *, overrides: dict, candidates: int = 1
   results = []
   for b in batches:
     prompts = [f"a photo of object number {i}" for i in range(b)]
-    pipe.timings = []
-    start = time.perf_counter()
-    pipe.generate(prompts, [seed + i for i in range(b)], settings, candidates=candidates)
-    first_s = time.perf_counter() - start
-    first = list(pipe.timings)
-    pipe.timings = []
-    start = time.perf_counter()
-    out = pipe.generate(prompts, [seed + b + i for i in range(b)], settings, candidates=candidates)
-    second_s = time.perf_counter() - start
+    seeds = lambda r: [seed + r * b + i for i in range(b)]  # noqa: E731 - other seeds for every call
+    generate = lambda r: pipe.generate(prompts, seeds(r), settings, candidates=candidates)  # noqa: E731
+    first, first_s, _ = _timed(pipe, generate, 0)
+    calls = [_timed(pipe, generate, r + 1) for r in range(repeats)]
     compile_s = sum(t["compile_s"] for t in first)
-    run_s = sum(t["run_s"] for t in pipe.timings)
+    run_s = float(np.median([sum(t["run_s"] for t in c[0]) for c in calls]))
+    out = calls[-1][2]
     row = {"batch": b, "rows": int(out["rows"]), "compile_s": round(compile_s, 3),
-           "first_call_s": round(first_s, 3), "sampling_s": round(run_s, 4), "wall_s": round(second_s, 4),
-           "s_per_image": round(run_s / b, 4), "peak_bytes": _peak_bytes(),
-           "program": first[0]["stage"], "finite": bool(np.isfinite(out["small"]).all())}
+           "first_call_s": round(first_s, 3), "repeats": repeats, "sampling_s": round(run_s, 4),
+           "wall_s": round(float(np.median([c[1] for c in calls])), 4), "s_per_image": round(run_s / b, 4),
+           "peak_bytes": _peak_bytes(), "program": first[0]["stage"],
+           "finite": bool(np.isfinite(out["small"]).all())}
     peak = f"{row['peak_bytes'] / 2 ** 30:.2f} GiB" if row["peak_bytes"] else "n/a"
     log(f"batch {b:4d}: compile {compile_s:7.2f}s  sampling {run_s:8.3f}s  {row['s_per_image']:.4f} s/image  "
         f"peak memory {peak}")
     if stages:
       pipe._uncond = None  # noqa: SLF001 - the empty caption's encoding counts as text-encoder time
-      pipe.timings = []
-      _staged(pipe, prompts, [seed + i for i in range(b)], settings, candidates)
-      first = list(pipe.timings)
-      pipe.timings = []
-      _staged(pipe, prompts, [seed + b + i for i in range(b)], settings, candidates)
-      row["stages_first_call"], row["stages"] = _stage_totals(first), _stage_totals(pipe.timings)
+      staged = lambda r: _staged(pipe, prompts, seeds(r), settings, candidates)  # noqa: E731
+      first, _, _ = _timed(pipe, staged, 0)
+      calls = [_timed(pipe, staged, r + 1) for r in range(repeats)]
+      row["stages_wall_s"] = round(float(np.median([c[1] for c in calls])), 4)
+      row["stages_first_call"] = _stage_totals(first)
+      row["stages"] = {k: {"compile_s": 0.0, "run_s": round(float(np.median([_stage_totals(c[0])[k]["run_s"]
+                                                                              for c in calls])), 4)}
+                       for k in _stage_totals(calls[0][0])}
       row["peak_bytes_with_stages"] = _peak_bytes()
-      log("            stages as separate programs: " + "  ".join(
-          f"{k} compile {v['compile_s']:.2f}s run {row['stages'][k]['run_s']:.3f}s"
-          for k, v in row["stages_first_call"].items()))
+      log(f"            stages as separate programs: wall {row['stages_wall_s']:.3f}s (one program: "
+          f"{row['wall_s']:.3f}s)  " + "  ".join(f"{k} compile {v['compile_s']:.2f}s run {row['stages'][k]['run_s']:.3f}s"
+                                                for k, v in row["stages_first_call"].items()))
     results.append(row)
   return {"benchmark": "pipeline", "preset": preset, "dtype": dtype or "config", "devices": pipe.n_devices,
           "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
@@ -129,6 +137,8 @@ def main(argv) -> int:
     raise UserError(f"--batch must be comma-separated whole numbers, got {args.batch!r}") from None
   if not batches or any(b < 1 for b in batches):
     raise UserError(f"--batch sizes must be positive, got {args.batch!r}")
+  if not 1 <= args.repeats <= 100:
+    raise UserError(f"--repeats must lie between 1 and 100, got {args.repeats}")
   from unclip_jax.pipeline import check_steps
 
   overrides = {"prior": {}, "decoder": {}, "sr_64_256": {}}
@@ -136,7 +146,7 @@ def main(argv) -> int:
     if flag is not None:
       overrides[stage]["steps"] = check_steps(flag, f"--{stage.replace('_', '-')}-steps")
   report = run(args.preset, batches, overrides=overrides, candidates=args.prior_candidates, dtype=args.dtype,
-               seed=args.seed, stages=args.stages)
+               seed=args.seed, stages=args.stages, repeats=args.repeats)
   if args.json:
     from unclip_jax.io import write_text_atomic
     write_text_atomic(args.json, json.dumps(report, indent=2))
