@@ -325,9 +325,10 @@ def test_textdiff_and_interpolate_invert_decode_from_the_images_ddim_latents(pip
   code, _, err = cli(["textdiff", images / "a.png", "--from", "a photo", "--to", "a drawing", "--strengths", "0,1",
                       "--invert", "--checkpoint", pipe_dir, "--out", out], capsys)
   assert code == 0, err
-  assert "inverting 1 image(s) with 4 DDIM steps" in err
+  assert "inverting 1 image(s), decoder steps ddim4" in err
   emb, x_T, dec = seen.pop()
-  assert (dec.sampler, dec.eta, dec.clip_x0, dec.dynamic_threshold) == ("ddim", 0.0, 0.0, 0.0)
+  # DDIM, eta 0, no clamp, and the even stride that avoids t = 999
+  assert (dec.steps, dec.sampler, dec.eta, dec.clip_x0, dec.dynamic_threshold) == ("ddim4", "ddim", 0.0, 0.0, 0.0)
   size = pipe.image_size
   image = load_image(images / "a.png", size).astype(np.float32)[None] / 127.5 - 1
   latent = pipe.invert(image, emb[:1], dec)
@@ -335,6 +336,7 @@ def test_textdiff_and_interpolate_invert_decode_from_the_images_ddim_latents(pip
   assert not np.allclose(latent, pipe.decoder_noise(P.image_keys([0])), atol=0.1)  # not the seed's noise
   rec = json.loads((out / "0001.json").read_text())
   assert rec["inverted"] is True and rec["settings"]["decoder"]["sampler"] == "ddim"
+  assert rec["settings"]["decoder"]["steps"] == "ddim4"
 
   code, _, err = cli(["interpolate", images / "a.png", images / "b.jpg", "--frames", 3, "--invert",
                       "--checkpoint", pipe_dir, "--out", tmp_path / "interp"], capsys)
