@@ -55,6 +55,9 @@ def ddim_invert(diffusion: GaussianDiffusion, model_fn: Callable[[jax.Array, jax
     return_trajectory: also return x after every step, (T', *x0.shape), least noisy first (last = x_T).
 
   Returns x_T (float32, x0's shape), or (x_T, trajectory) with `return_trajectory`.
+
+  Prefer respacings that stop short of the last training step ("ddimN" rather than "N"): near t = T the
+  cosine schedule's ᾱ falls so steeply that inverting through t = T−1 magnifies every model error.
   """
   shape = tuple(x0.shape)
   if len(shape) < 2:
