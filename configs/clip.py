@@ -18,7 +18,7 @@ import ml_collections
 
 from unclip_jax.models.clip import PRESETS
 from unclip_jax.train.optim import optim_config
-from unclip_jax.train.run_config import data_config, train_config
+from unclip_jax.train.run_config import data_config, stage_header, train_config
 
 _MODEL = {"tiny": "tiny", "vit_b32": "ViT-B/32", "vit_l14": "ViT-L/14"}
 
@@ -35,12 +35,7 @@ def _model(name: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name = arg or "tiny"
-  if name not in _MODEL:
-    raise ValueError(f"unknown CLIP preset {name!r}; choose one of {', '.join(_MODEL)}")
-  config = ml_collections.ConfigDict()
-  config.preset = name
-  config.stage = "clip"
-  config.seed = 0
+  config = stage_header("clip", name, _MODEL, what="CLIP")
   config.model = _model(name)
 
   # OpenCLIP's recipe; no EMA (neither OpenCLIP nor big_vision keeps one for CLIP).

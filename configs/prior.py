@@ -20,7 +20,7 @@ import ml_collections
 
 from unclip_jax.diffusion.config import diffusion_config
 from unclip_jax.train.optim import optim_config
-from unclip_jax.train.run_config import data_config, train_config
+from unclip_jax.train.run_config import data_config, stage_header, train_config
 
 PRESETS = ("tiny", "karlo", "paper")
 
@@ -44,12 +44,7 @@ def _model(name: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name = arg or "tiny"
-  if name not in PRESETS:
-    raise ValueError(f"unknown prior preset {name!r}; choose one of {', '.join(PRESETS)}")
-  config = ml_collections.ConfigDict()
-  config.preset = name
-  config.stage = "prior"
-  config.seed = 0
+  config = stage_header("prior", name, PRESETS)
   config.model = _model(name)
   config.diffusion = diffusion_config("prior", "paper" if name == "paper" else "karlo")
 

@@ -24,7 +24,7 @@ import ml_collections
 
 from unclip_jax.diffusion.config import diffusion_config
 from unclip_jax.train.optim import optim_config
-from unclip_jax.train.run_config import data_config, train_config
+from unclip_jax.train.run_config import data_config, stage_header, train_config
 
 FLAVOURS = ("tiny", "karlo", "paper")
 STAGES = ("64_256", "256_1024")
@@ -67,10 +67,7 @@ def _model(flavour: str, stage: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   flavour, stage = parse(arg)
-  config = ml_collections.ConfigDict()
-  config.preset = f"{flavour}_{stage}"
-  config.stage = f"sr_{stage}"
-  config.seed = 0
+  config = stage_header(f"sr_{stage}", f"{flavour}_{stage}")
   config.model = _model(flavour, stage)
   config.diffusion = diffusion_config(f"sr_{stage}", "paper" if flavour == "paper" else "karlo")
 

@@ -1,8 +1,21 @@
-"""The `train` and `data` sub-configs every stage config carries, with the fields the loop reads."""
+"""What every stage config shares: its header (preset, stage, seed) and the `train` and `data`
+sub-configs with the fields the loop reads."""
 
 from __future__ import annotations
 
 import ml_collections
+
+
+def stage_header(stage: str, preset: str, presets=None, what: str | None = None) -> ml_collections.ConfigDict:
+  """A new stage config holding `preset`, `stage` and the run's `seed`; with `presets`, a preset not
+  among them is a ValueError naming the choices."""
+  if presets is not None and preset not in presets:
+    raise ValueError(f"unknown {what or stage} preset {preset!r}; choose one of {', '.join(presets)}")
+  c = ml_collections.ConfigDict()
+  c.preset = preset
+  c.stage = stage
+  c.seed = 0
+  return c
 
 
 def train_config(batch_size: int, steps: int, **stage_fields) -> ml_collections.ConfigDict:
