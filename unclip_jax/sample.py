@@ -274,23 +274,26 @@ def _start(args, log, *, invert: bool = False):
   """What every mode does once its own arguments are checked: stage overrides from the flags, the output
   writer (refusing a bad --out before anything slow), the loaded pipeline and its per-stage settings."""
   overrides = _overrides(args)
-  if invert:
-    _invert_overrides(args, overrides)
+  if invert and args.sampler == "ddpm":
+    raise UserError("--invert decodes with DDIM (eta 0); drop --sampler ddpm")
   writer = _Writer(args.out)
   pipe = _load(args, log)
   settings = pipe.settings(overrides)
   if invert:
-    settings["decoder"] = _inversion_spacing(pipe, settings["decoder"], log)
+    settings["decoder"] = _inversion_settings(pipe, settings["decoder"], log)
   return writer, pipe, settings
 
 
-def _inversion_spacing(pipe, decoder, log):
-  """A plain step count N becomes "ddimN": DDIM's even stride, which stops short of the last training
-  steps. Near t = T the cosine schedule's noise level jumps so steeply that inverting through t = 999
-  (where "N" respacings end) magnifies errors: with the trained tiny decoder, 100 steps reconstructed a
-  shapes image to 76/255 mean error as "100" and to 3/255 as "ddim100"."""
+def _inversion_settings(pipe, decoder, log):
+  """The decoder settings of --invert: deterministic DDIM (eta 0) with no x0 clamp, the sampler the
+  inversion runs backwards (a clamp is not invertible, so with it the latent would not lead back to the
+  image). A plain step count N becomes "ddimN": DDIM's even stride, which stops short of the last
+  training steps. Near t = T the cosine schedule's noise level jumps so steeply that inverting through
+  t = 999 (where "N" respacings end) magnifies errors: with the trained tiny decoder, 100 steps
+  reconstructed a shapes image to 76/255 mean error as "100" and to 3/255 as "ddim100"."""
   import dataclasses
 
+  decoder = dataclasses.replace(decoder, sampler="ddim", eta=0.0, clip_x0=0.0, dynamic_threshold=0.0)
   if not decoder.steps.isdigit():
     return decoder
   try:
@@ -373,16 +376,6 @@ def run_sidecar(args, log) -> list[Path]:
   return writer.commit()
 
 
-def _invert_overrides(args, overrides: dict) -> None:
-  """--invert decodes with deterministic DDIM (eta 0) and no x0 clamp: the sampler the inversion runs
-  backwards (a clamp is not invertible, so with it the latent would not lead back to the image)."""
-  if not getattr(args, "invert", False):
-    return
-  if args.sampler == "ddpm":
-    raise UserError("--invert decodes with DDIM (eta 0); drop --sampler ddpm")
-  overrides["decoder"].update(sampler="ddim", eta=0.0, clip_x0=0.0, dynamic_threshold=0.0)
-
-
 def _inverted_latents(pipe, paths: Sequence[str], embeds: np.ndarray, settings, log) -> np.ndarray:
   """The decoder's DDIM latents of the images (read at the decoder's size) under their own embeddings."""
   from unclip_jax.zeroshot import load_image
@@ -440,9 +433,9 @@ def run_interpolate(args, log) -> tuple[list[Path], dict]:
     if args.seed + 1 >= 2 ** 32:
       raise UserError("--seed + 1 must stay below 2**32 with --interp-noise")
     na, nb = pipe.decoder_noise(image_keys([args.seed, args.seed + 1]))
-    x_T = np.stack([slerp(na.reshape(1, -1), nb.reshape(1, -1), float(t)).reshape(na.shape) for t in ts])
   elif args.invert:
     na, nb = _inverted_latents(pipe, [args.image_a, args.image_b], emb, settings, log)
+  if args.interp_noise or args.invert:  # the two latents slerped along the row, like the embeddings
     x_T = np.stack([slerp(na.reshape(1, -1), nb.reshape(1, -1), float(t)).reshape(na.shape) for t in ts])
   result = pipe.decode_embeddings(embeds, seeds, settings, x_T=x_T, batch=args.batch_size,
                                   trajectory=args.trajectory)
