@@ -16,27 +16,15 @@ import math
 
 import ml_collections
 
-from unclip_jax.models.clip import PRESETS
+from unclip_jax.models.presets import MODEL_PRESETS, model_config
 from unclip_jax.train.optim import optim_config
 from unclip_jax.train.run_config import data_config, stage_header, train_config
-
-_MODEL = {"tiny": "tiny", "vit_b32": "ViT-B/32", "vit_l14": "ViT-L/14"}
-
-
-def _model(name: str) -> ml_collections.ConfigDict:
-  fields = PRESETS[_MODEL[name]].to_dict()
-  fields["image_mean"], fields["image_std"] = tuple(fields["image_mean"]), tuple(fields["image_std"])
-  bias = fields.pop("init_logit_bias")
-  model = ml_collections.ConfigDict(fields)
-  # A placeholder keeps the field typed (float) while it is None, so `--config.model.init_logit_bias=-10` works.
-  model.init_logit_bias = ml_collections.config_dict.placeholder(float) if bias is None else bias
-  return model
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name = arg or "tiny"
-  config = stage_header("clip", name, _MODEL, what="CLIP")
-  config.model = _model(name)
+  config = stage_header("clip", name, MODEL_PRESETS["clip"], what="CLIP")
+  config.model = model_config("clip", name)
 
   # OpenCLIP's recipe; no EMA (neither OpenCLIP nor big_vision keeps one for CLIP).
   config.optim = optim_config(lr=5e-4, warmup_steps=10_000, weight_decay=0.2, b2=0.98, eps=1e-6, ema_decay=0.0)

@@ -4,7 +4,7 @@ Run:
 
     python -m unclip_jax.train --config configs/decoder.py:tiny --workdir /tmp/decoder_tiny
 
-`config.model` holds the fields of `unclip_jax.models.unet.UNet` plus those of its `TextProj`
+`config.model` (`unclip_jax.models.presets`) holds the fields of `unclip_jax.models.unet.UNet` plus those of its `TextProj`
 (`clip_embeddings_dim`, `clip_extra_context_tokens`), built by `unclip_jax.models.unet.decoder_from_config`.
 `attention_levels[i]` says whether level i (64, 32, 16, 8 px for 4 levels) has attention.
 Sizes:
@@ -23,45 +23,17 @@ from __future__ import annotations
 import ml_collections
 
 from unclip_jax.diffusion.config import diffusion_config
+from unclip_jax.models.presets import MODEL_PRESETS, model_config
 from unclip_jax.train.optim import optim_config
 from unclip_jax.train.run_config import data_config, stage_header, train_config
 
-PRESETS = ("tiny", "karlo", "paper")
-
-
-def _model(name: str) -> ml_collections.ConfigDict:
-  m = ml_collections.ConfigDict()
-  m.in_channels, m.out_channels = 3, 6  # learned σ: ε and the variance interpolation v
-  m.scale_shift = True
-  m.mid_attention = True
-  m.clip_extra_context_tokens = 4
-  m.norm_groups = 32
-  if name == "tiny":  # matches configs/clip.py:tiny (embed_dim 32, text width 32, context 16)
-    m.image_size, m.text_len = 16, 16
-    m.block_out_channels, m.layers_per_block = (32, 64), 1
-    m.attention_levels, m.attention_head_dim = (False, True), 16
-    m.cross_attention_dim, m.clip_embeddings_dim = 64, 32
-    m.norm_groups = 8
-  elif name == "karlo":
-    m.image_size, m.text_len = 64, 77
-    m.block_out_channels, m.layers_per_block = (320, 640, 960, 1280), 3
-    m.attention_levels, m.attention_head_dim = (False, True, True, True), 64
-    m.cross_attention_dim, m.clip_embeddings_dim = 1536, 768
-  else:
-    m.image_size, m.text_len = 64, 256
-    m.block_out_channels, m.layers_per_block = (512, 1024, 1536, 2048), 3
-    m.attention_levels, m.attention_head_dim = (False, True, True, True), 64
-    m.cross_attention_dim, m.clip_embeddings_dim = 2048, 1024
-  m.dropout = 0.0 if name == "tiny" else 0.1
-  m.dtype = "float32" if name == "tiny" else "bfloat16"
-  m.remat = name != "tiny"
-  return m
+PRESETS = MODEL_PRESETS["decoder"]
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name = arg or "tiny"
   config = stage_header("decoder", name, PRESETS)
-  config.model = _model(name)
+  config.model = model_config("decoder", name)
   config.diffusion = diffusion_config("decoder", "paper" if name == "paper" else "karlo")
 
   # Paper Table 3 (64px decoder): batch 2048, 800K iterations, lr 1.2e-4, beta2 0.999, eps 1e-8, EMA 0.9999.

@@ -4,7 +4,7 @@ Run:
 
     python -m unclip_jax.train --config configs/prior.py:tiny --workdir /tmp/prior_tiny
 
-`config.model` holds exactly the fields of `unclip_jax.models.prior.PriorTransformer` (diffusers'
+`config.model` (`unclip_jax.models.presets`) holds exactly the fields of `unclip_jax.models.prior.PriorTransformer` (diffusers'
 `PriorTransformer` names), so a stage checkpoint's `stage.json` can rebuild the model; `model.dtype` is the
 compute dtype (params stay float32). Sizes:
   * karlo: width 2048 (32 heads × 64), 20 layers, 77 CLIP ViT-L/14 text tokens, 768-d embeddings (≈1.0B).
@@ -19,33 +19,17 @@ from __future__ import annotations
 import ml_collections
 
 from unclip_jax.diffusion.config import diffusion_config
+from unclip_jax.models.presets import MODEL_PRESETS, model_config
 from unclip_jax.train.optim import optim_config
 from unclip_jax.train.run_config import data_config, stage_header, train_config
 
-PRESETS = ("tiny", "karlo", "paper")
-
-
-def _model(name: str) -> ml_collections.ConfigDict:
-  m = ml_collections.ConfigDict()
-  if name == "tiny":  # matches configs/clip.py:tiny (embed_dim 32, context 16)
-    m.num_attention_heads, m.attention_head_dim, m.num_layers = 2, 16, 2
-    m.embedding_dim, m.num_embeddings = 32, 16
-  elif name == "karlo":
-    m.num_attention_heads, m.attention_head_dim, m.num_layers = 32, 64, 20
-    m.embedding_dim, m.num_embeddings = 768, 77
-  else:
-    m.num_attention_heads, m.attention_head_dim, m.num_layers = 32, 64, 24
-    m.embedding_dim, m.num_embeddings = 1024, 256
-  m.dropout = 0.0
-  m.dtype = "float32" if name == "tiny" else "bfloat16"
-  m.remat = name != "tiny"
-  return m
+PRESETS = MODEL_PRESETS["prior"]
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name = arg or "tiny"
   config = stage_header("prior", name, PRESETS)
-  config.model = _model(name)
+  config.model = model_config("prior", name)
   config.diffusion = diffusion_config("prior", "paper" if name == "paper" else "karlo")
 
   # Paper Table 3 (diffusion prior): batch 4096, 600K iterations, lr 1.1e-4, wd 6e-2, beta2 0.96, eps 1e-6, EMA 0.9999.

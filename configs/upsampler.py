@@ -23,52 +23,15 @@ from __future__ import annotations
 import ml_collections
 
 from unclip_jax.diffusion.config import diffusion_config
+from unclip_jax.models.presets import model_config, parse_upsampler
 from unclip_jax.train.optim import optim_config
 from unclip_jax.train.run_config import data_config, stage_header, train_config
 
-FLAVOURS = ("tiny", "karlo", "paper")
-STAGES = ("64_256", "256_1024")
-
-
-def parse(arg: str | None) -> tuple[str, str]:
-  """'paper_256_1024' → ('paper', '256_1024'); a bare flavour means 64→256."""
-  name = arg or "tiny"
-  flavour, _, stage = name.partition("_")
-  stage = stage or "64_256"
-  if flavour not in FLAVOURS or stage not in STAGES:
-    raise ValueError(f"unknown upsampler preset {name!r}; use FLAVOUR[_STAGE] with FLAVOUR in "
-                     f"{', '.join(FLAVOURS)} and STAGE in {', '.join(STAGES)}")
-  if flavour == "karlo" and stage != "64_256":
-    raise ValueError("Karlo released only a 64→256 upsampler; use karlo_64_256 or paper_256_1024")
-  return flavour, stage
-
-
-def _model(flavour: str, stage: str) -> ml_collections.ConfigDict:
-  m = ml_collections.ConfigDict()
-  m.in_channels, m.out_channels = 6, 3
-  m.norm_groups = 32
-  m.scale_shift = flavour != "karlo"
-  low, high = (64, 256) if stage == "64_256" else (256, 1024)
-  if flavour == "tiny":
-    low, high = (16, 64) if stage == "64_256" else (32, 128)  # ×4 like the real stages; 16 px = tiny decoder
-    m.block_out_channels, m.layers_per_block, m.norm_groups = (32, 64), 1, 8
-  elif stage == "64_256":
-    m.block_out_channels, m.layers_per_block = (320, 640, 960, 1280), 3
-  else:
-    m.block_out_channels, m.layers_per_block = (192, 192, 384, 384, 768, 768), 2
-  m.attention_levels = (False,) * len(m.block_out_channels)
-  m.mid_attention = False
-  m.low_res_size, m.image_size = low, high
-  m.dropout = 0.1 if (flavour == "paper" and stage == "64_256") else 0.0
-  m.dtype = "float32" if flavour == "tiny" else "bfloat16"
-  m.remat = flavour != "tiny"
-  return m
-
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  flavour, stage = parse(arg)
+  flavour, stage = parse_upsampler(arg)
   config = stage_header(f"sr_{stage}", f"{flavour}_{stage}")
-  config.model = _model(flavour, stage)
+  config.model = model_config("upsampler", f"{flavour}_{stage}")
   config.diffusion = diffusion_config(f"sr_{stage}", "paper" if flavour == "paper" else "karlo")
 
   d = ml_collections.ConfigDict()

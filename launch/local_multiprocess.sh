@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # N processes on this machine, each with D CPU devices, training together over gloo on 127.0.0.1: the
-# multi-host code path without a cluster (what tests/test_multiprocess.py does).
+# multi-host code path without a cluster (what tests/train/test_multiprocess.py does).
 # Usage: bash launch/local_multiprocess.sh N D -- --config configs/clip.py:tiny --workdir runs/mp --data_dir data
 set -euo pipefail
 N=${1:?number of processes}; D=${2:?CPU devices per process}; shift 2; [ "${1:-}" = "--" ] && shift

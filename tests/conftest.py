@@ -18,3 +18,14 @@ import tempfile  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "unclip_jax_test_jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pipe_dir(tmp_path_factory):
+  """A tiny random-weight pipeline folder, written once per test process (CLI and pipeline tests share it,
+  so `sample`'s in-process pipeline cache keeps its compiled programs between them)."""
+  from unclip_jax.pipeline import make_random_pipeline
+
+  return make_random_pipeline(tmp_path_factory.mktemp("pipe") / "tiny", "tiny", seed=0)

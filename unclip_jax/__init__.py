@@ -1,6 +1,6 @@
 """unclip_jax: unCLIP (DALL-E 2) in JAX/Flax.
 
-Packages (see DESIGN.md for the import rules):
+Packages and their import layers: docs/architecture.md (checked by tests/test_architecture.py).
   diffusion/  Gaussian diffusion math, losses, respacing and `lax.scan` samplers (no model code)
   models/     linen modules (no diffusion code)
 """

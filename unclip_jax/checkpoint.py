@@ -1,6 +1,6 @@
 """Stage checkpoints: a folder any stage (CLIP, prior, decoder, upsampler) is exported to and loaded from.
 
-Layout (DESIGN.md):
+Layout (docs/architecture.md, "Folder formats"):
     DIR/stage.json   {"kind": "clip" | "prior" | "decoder" | "upsampler", "config": {...}, "format": 1, ...}
     DIR/params/      an orbax StandardCheckpointer tree of the parameters (float32 at rest)
 

@@ -15,16 +15,11 @@ import argparse
 import sys
 from typing import Sequence
 
-from unclip_jax.errors import UserError, run_cli
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise UserError(f"{message} (see --help)")
+from unclip_jax.errors import ArgumentParser, UserError, run_cli
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-  p = _Parser(prog="python -m unclip_jax.embed", description=__doc__.splitlines()[0])
+  p = ArgumentParser(prog="python -m unclip_jax.embed", description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", required=True, help="CLIP stage checkpoint folder")
   p.add_argument("--data_dir", required=True, help="root folder of prepared datasets (the output goes here too)")
   p.add_argument("--dataset", required=True, help="source dataset name under --data_dir, e.g. shapes")

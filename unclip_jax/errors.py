@@ -1,19 +1,29 @@
-"""The one exception type for mistakes a user can make, and the CLI wrapper that reports it.
+"""The one exception type for mistakes a user can make, the argument parser and the CLI wrapper that report it.
 
 A `UserError` carries a one-line message that names what is wrong and how to fix it. It subclasses
 `ValueError` so library callers can catch it the ordinary way. Command-line entry points run their
 `main` through `run_cli`, which prints `error: <message>` on stderr and exits with status 2 instead
-of showing a traceback; any other exception is a bug and keeps its traceback.
+of showing a traceback; any other exception is a bug and keeps its traceback. Every entry point parses
+its flags with `ArgumentParser`, whose usage errors are `UserError`s too.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable, NoReturn, Sequence
 
 
 class UserError(ValueError):
   """Bad input from the user: a one-line, actionable message."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose usage errors raise `UserError` (so `run_cli` prints one line and exits 2); its
+  sub-command parsers are of this class too."""
+
+  def error(self, message):
+    raise UserError(f"{message} (see --help)")
 
 
 def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> NoReturn:

@@ -17,7 +17,6 @@ Files appear whole or not at all; on an error the files of this run are removed.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import sys
@@ -27,16 +26,16 @@ from typing import Sequence
 
 import numpy as np
 
-from unclip_jax.errors import UserError, run_cli
+from unclip_jax import applications
+from unclip_jax.errors import ArgumentParser, UserError, run_cli
+from unclip_jax.images import load_image, make_grid
+from unclip_jax.outputs import OutputSet
+from unclip_jax.pipeline import (PIPELINE_FILE, Pipeline, StageSampling, check_sampling, check_scale, check_steps,
+                                 image_keys, read_pipeline)
 
 MODES = ("variations", "interpolate", "textdiff")
 SIDECAR_VERSION = 1
 MAX_IMAGES = 10_000
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise UserError(f"{message} (see --help)")
 
 
 def _common(p: argparse.ArgumentParser, *, checkpoint_required: bool = True) -> None:
@@ -61,7 +60,7 @@ def _common(p: argparse.ArgumentParser, *, checkpoint_required: bool = True) -> 
 
 def _parser(mode: str | None) -> argparse.ArgumentParser:
   prog = "python -m unclip_jax.sample" + (f" {mode}" if mode else "")
-  p = _Parser(prog=prog, description=__doc__ if mode is None else __doc__.split("\n\n")[0],
+  p = ArgumentParser(prog=prog, description=__doc__ if mode is None else __doc__.split("\n\n")[0],
               formatter_class=argparse.RawDescriptionHelpFormatter)
   if mode is None:
     _common(p, checkpoint_required=False)
@@ -99,8 +98,6 @@ def _parser(mode: str | None) -> argparse.ArgumentParser:
 
 
 def _overrides(args) -> dict:
-  from unclip_jax.pipeline import check_scale, check_steps
-
   o = {"prior": {}, "decoder": {}, "sr_64_256": {}, "sr_256_1024": {}}
   if args.prior_steps is not None:
     o["prior"]["steps"] = check_steps(args.prior_steps, "--prior-steps")
@@ -131,8 +128,6 @@ def _check_num(num: int) -> None:
 
 def _check_image(path: str) -> None:
   """Fails early (before loading models) on a missing or unreadable image."""
-  from unclip_jax.zeroshot import load_image
-
   load_image(path, 8)
 
 
@@ -161,69 +156,6 @@ def _read_prompts(args) -> list[str]:
 # ------------------------------------------------------------------------------------------- output
 
 
-class _Writer:
-  """Collects this run's files; `commit` writes them atomically, removing all of them on failure."""
-
-  def __init__(self, out: str):
-    self.out = Path(out)
-    if self.out.exists() and not self.out.is_dir():
-      raise UserError(f"--out {self.out} exists and is not a folder")
-    self.files: dict[str, bytes] = {}
-
-  def png(self, name: str, image: np.ndarray) -> None:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
-    self.files[name] = buf.getvalue()
-
-  def gif(self, name: str, frames: Sequence[np.ndarray], ms: int = 250) -> None:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    ims = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
-    ims[0].save(buf, format="GIF", save_all=True, append_images=ims[1:], duration=ms, loop=0)
-    self.files[name] = buf.getvalue()
-
-  def json(self, name: str, obj) -> None:
-    self.files[name] = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-
-  def commit(self) -> list[Path]:
-    from unclip_jax.io import write_bytes_atomic
-
-    written = []
-    try:
-      for name, data in self.files.items():
-        written.append(write_bytes_atomic(self.out / name, data))
-    except BaseException:
-      for p in written:
-        p.unlink(missing_ok=True)
-      raise
-    return written
-
-
-def grid(images: np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
-  """(N, H, W, 3) uint8 → one image with `cols` columns and white padding."""
-  n, h, w, _ = images.shape
-  rows = -(-n // cols)
-  out = np.full((rows * h + (rows + 1) * pad, cols * w + (cols + 1) * pad, 3), 255, np.uint8)
-  for i, im in enumerate(images):
-    r, c = divmod(i, cols)
-    out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = im
-  return out
-
-
-def trajectory_frames(pred_x0: np.ndarray, size: int, max_frames: int = 10) -> list[np.ndarray]:
-  """Every few steps' predicted x0 (steps, h, w, 3) in [-1, 1] → uint8 frames at `size` (nearest), last included."""
-  from unclip_jax.pipeline import to_uint8
-
-  steps = pred_x0.shape[0]
-  idx = sorted(set(np.linspace(0, steps - 1, min(steps, max_frames)).round().astype(int).tolist()))
-  frames = to_uint8(np.clip(pred_x0[idx], -1, 1))
-  k = max(1, size // frames.shape[1])
-  return [np.repeat(np.repeat(f, k, axis=0), k, axis=1) for f in frames]
-
-
 def _settings_record(settings) -> dict:
   return {stage: s.to_dict() for stage, s in settings.items()}
 
@@ -235,8 +167,6 @@ _CACHE: dict = {}  # in-process reuse of a loaded pipeline and its compiled prog
 
 
 def _load(args, log):
-  from unclip_jax.pipeline import PIPELINE_FILE, Pipeline, read_pipeline
-
   read_pipeline(args.checkpoint)  # a bad folder fails before anything slow
   folder = Path(args.checkpoint).absolute()
   key = (str(folder), (folder / PIPELINE_FILE).stat().st_mtime_ns, bool(args.ema), args.dtype)
@@ -263,51 +193,32 @@ def _base_record(args, pipe, settings, mode: str) -> dict:
           "weights": pipe.weights, "size": pipe.output_size}
 
 
-def _save_trajectories(writer: _Writer, names: list[str], result: dict, size: int) -> None:
-  for name, traj in zip(names, result["trajectory"]):
-    frames = trajectory_frames(traj, size)
-    writer.png(f"{name}_trajectory.png", np.concatenate(frames, axis=1))
-    writer.gif(f"{name}_trajectory.gif", frames)
-
-
 def _start(args, log, *, invert: bool = False):
   """What every mode does once its own arguments are checked: stage overrides from the flags, the output
   writer (refusing a bad --out before anything slow), the loaded pipeline and its per-stage settings."""
   overrides = _overrides(args)
   if invert and args.sampler == "ddpm":
     raise UserError("--invert decodes with DDIM (eta 0); drop --sampler ddpm")
-  writer = _Writer(args.out)
+  writer = OutputSet(args.out)
   pipe = _load(args, log)
   settings = pipe.settings(overrides)
   if invert:
-    settings["decoder"] = _inversion_settings(pipe, settings["decoder"], log)
+    settings["decoder"] = applications.inversion_decoder_settings(settings["decoder"], _has_stride(pipe), log)
   return writer, pipe, settings
 
 
-def _inversion_settings(pipe, decoder, log):
-  """The decoder settings of --invert: deterministic DDIM (eta 0) with no x0 clamp, the sampler the
-  inversion runs backwards (a clamp is not invertible, so with it the latent would not lead back to the
-  image). A plain step count N becomes "ddimN": DDIM's even stride, which stops short of the last
-  training steps. Near t = T the cosine schedule's noise level jumps so steeply that inverting through
-  t = 999 (where "N" respacings end) magnifies errors: with the trained tiny decoder, 100 steps
-  reconstructed a shapes image to 76/255 mean error as "100" and to 3/255 as "ddim100"."""
-  import dataclasses
-
-  decoder = dataclasses.replace(decoder, sampler="ddim", eta=0.0, clip_x0=0.0, dynamic_threshold=0.0)
-  if not decoder.steps.isdigit():
-    return decoder
-  try:
-    pipe._process("decoder", f"ddim{decoder.steps}")  # noqa: SLF001 - is there such a stride?
-  except UserError:
-    log(f"note: no even stride gives {decoder.steps} decoder steps; they include the last training step, "
-        "where inversion is badly conditioned")
-    return decoder
-  log(f"--invert: decoder steps {decoder.steps} run as ddim{decoder.steps} (an even stride that stops short "
-      f"of t = 999, where inversion is badly conditioned)")
-  return dataclasses.replace(decoder, steps=f"ddim{decoder.steps}")
+def _has_stride(pipe):
+  """Whether the decoder's process can be respaced as `steps`."""
+  def check(steps: str) -> bool:
+    try:
+      pipe.process("decoder", steps)
+    except UserError:
+      return False
+    return True
+  return check
 
 
-def _write_images(writer: _Writer, args, pipe, settings, mode: str, result: dict, records: list[dict],
+def _write_images(writer: OutputSet, args, pipe, settings, mode: str, result: dict, records: list[dict],
                   cols: int) -> list[Path]:
   """NNNN.png + NNNN.json per image (the run's shared record, then the image's own fields), grid.png and,
   with --trajectory, the trajectories; then commits the files atomically."""
@@ -317,9 +228,9 @@ def _write_images(writer: _Writer, args, pipe, settings, mode: str, result: dict
     writer.png(f"{name}.png", result["images"][i])
     writer.json(f"{name}.json", {**base, "prompt": "", **rec, "index": i, "image": f"{name}.png",
                                  "batch_size": int(result["rows"])})
-  writer.png("grid.png", grid(result["images"], cols))
+  writer.png("grid.png", make_grid(result["images"], cols))
   if args.trajectory:
-    _save_trajectories(writer, names, result, pipe.output_size)
+    writer.trajectories(names, result["trajectory"], pipe.output_size)
   return writer.commit()
 
 
@@ -344,8 +255,6 @@ def run_text(args, log) -> list[Path]:
 
 
 def run_sidecar(args, log) -> list[Path]:
-  from unclip_jax.pipeline import StageSampling, check_sampling
-
   path = Path(args.from_sidecar)
   if not path.is_file():
     raise UserError(f"sidecar {path} does not exist")
@@ -362,7 +271,7 @@ def run_sidecar(args, log) -> list[Path]:
   args.dtype = None if rec.get("dtype", "config") == "config" else rec["dtype"]
   args.ema = bool(rec.get("ema", True))
   args.prior_candidates = int(rec.get("prior_candidates", 1))
-  writer = _Writer(args.out)
+  writer = OutputSet(args.out)
   pipe = _load(args, log)
   settings = {s: check_sampling(StageSampling.from_dict(d), s) for s, d in rec["settings"].items()}
   if set(settings) != set(pipe.sampling):
@@ -378,16 +287,12 @@ def run_sidecar(args, log) -> list[Path]:
 
 def _inverted_latents(pipe, paths: Sequence[str], embeds: np.ndarray, settings, log) -> np.ndarray:
   """The decoder's DDIM latents of the images (read at the decoder's size) under their own embeddings."""
-  from unclip_jax.zeroshot import load_image
-
   images = np.stack([load_image(p, pipe.image_size) for p in paths]).astype(np.float32) / 127.5 - 1.0
   log(f"inverting {len(paths)} image(s), decoder steps {settings['decoder'].steps}")
   return pipe.invert(images, embeds, settings["decoder"])
 
 
 def _image_embeds(pipe, paths: Sequence[str]) -> np.ndarray:
-  from unclip_jax.zeroshot import load_image
-
   images = np.stack([load_image(p, pipe.clip_config.image_size) for p in paths])
   return pipe.encode_images(images)
 
@@ -406,18 +311,7 @@ def run_variations(args, log) -> list[Path]:
   return _write_images(writer, args, pipe, settings, "variations", result, records, min(args.num, 8))
 
 
-def interpolation_embeddings(a: np.ndarray, b: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
-  """(fractions (K,), embeddings (K, E)): slerp from a to b; the ends are a and b exactly."""
-  from unclip_jax.pipeline import slerp
-
-  ts = np.linspace(0.0, 1.0, frames)
-  ts[0], ts[-1] = 0.0, 1.0
-  return ts, np.stack([slerp(a, b, float(t)) for t in ts])
-
-
 def run_interpolate(args, log) -> tuple[list[Path], dict]:
-  from unclip_jax.pipeline import image_keys, slerp
-
   _check_image(args.image_a)
   _check_image(args.image_b)
   if not 2 <= args.frames <= 256:
@@ -426,7 +320,7 @@ def run_interpolate(args, log) -> tuple[list[Path], dict]:
     raise UserError("--invert and --interp-noise both choose the decoder noise; give one of them")
   writer, pipe, settings = _start(args, log, invert=args.invert)
   emb = _image_embeds(pipe, [args.image_a, args.image_b])
-  ts, embeds = interpolation_embeddings(emb[0], emb[1], args.frames)
+  ts, embeds = applications.interpolation_embeddings(emb[0], emb[1], args.frames)
   seeds = [args.seed] * args.frames  # same decoder noise along the row, unless --interp-noise
   x_T = None
   if args.interp_noise:
@@ -436,7 +330,7 @@ def run_interpolate(args, log) -> tuple[list[Path], dict]:
   elif args.invert:
     na, nb = _inverted_latents(pipe, [args.image_a, args.image_b], emb, settings, log)
   if args.interp_noise or args.invert:  # the two latents slerped along the row, like the embeddings
-    x_T = np.stack([slerp(na.reshape(1, -1), nb.reshape(1, -1), float(t)).reshape(na.shape) for t in ts])
+    x_T = applications.slerp_latents(na, nb, ts)
   result = pipe.decode_embeddings(embeds, seeds, settings, x_T=x_T, batch=args.batch_size,
                                   trajectory=args.trajectory)
   _report_timings(pipe, args.frames, log)
@@ -445,19 +339,6 @@ def run_interpolate(args, log) -> tuple[list[Path], dict]:
               "inverted": bool(args.invert), "seed": seed} for t, seed in zip(ts, seeds)]
   written = _write_images(writer, args, pipe, settings, "interpolate", result, records, args.frames)
   return written, {"image_embeds": emb, "decoder_embeds": embeds}
-
-
-def textdiff_embeddings(image: np.ndarray, text_from: np.ndarray, text_to: np.ndarray,
-                        strengths: Sequence[float]) -> np.ndarray:
-  """The paper's text diffs: z_d = normalise(z_t(to) − z_t(from)); slerp(z_i, z_d·|z_i|, θ) per strength."""
-  from unclip_jax.pipeline import slerp
-
-  d = np.asarray(text_to, np.float64) - np.asarray(text_from, np.float64)
-  norm = np.linalg.norm(d)
-  if norm < 1e-8:
-    raise UserError("--from and --to encode to the same text embedding; give two different captions")
-  target = d / norm * np.linalg.norm(image)
-  return np.stack([slerp(image, target, float(s)) for s in strengths])
 
 
 def run_textdiff(args, log) -> list[Path]:
@@ -474,7 +355,7 @@ def run_textdiff(args, log) -> list[Path]:
   writer, pipe, settings = _start(args, log, invert=args.invert)
   emb = _image_embeds(pipe, [args.image])[0]
   text = pipe.encode_text([args.from_text, args.to_text])
-  embeds = textdiff_embeddings(emb, text.embeds[0], text.embeds[1], strengths)
+  embeds = applications.textdiff_embeddings(emb, text.embeds[0], text.embeds[1], strengths)
   seeds = [args.seed] * len(strengths)
   x_T = None
   if args.invert:

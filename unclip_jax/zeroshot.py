@@ -4,19 +4,20 @@
 
 Each class is embedded through several prompt templates ("a photo of a {}."); each template embedding
 is L2-normalised, the class embedding is their renormalised mean (CLIP's prompt ensembling), and an
-image's class probabilities are the softmax of the temperature-scaled cosine similarities.
+image's class probabilities are the softmax of the temperature-scaled cosine similarities. Images are read
+with `unclip_jax.images.load_image` and encoded with `unclip_jax.models.clip_encoder`, as everywhere else.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from unclip_jax.errors import UserError, run_cli
+from unclip_jax.errors import ArgumentParser, UserError, run_cli
+from unclip_jax.images import load_image
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
@@ -28,30 +29,6 @@ DEFAULT_TEMPLATES = (
 )
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-  """Reads an image as RGB, resizes its short side to `size` (bicubic) and centre-crops: uint8 (size, size, 3)."""
-  from PIL import Image, UnidentifiedImageError
-
-  path = Path(path)
-  try:
-    with Image.open(path) as im:
-      im = im.convert("RGB")
-  except FileNotFoundError:
-    raise UserError(f"image {path} does not exist") from None
-  except IsADirectoryError:
-    raise UserError(f"image {path} is a folder, not an image file") from None
-  except UnidentifiedImageError:
-    raise UserError(f"{path} is not an image file PIL can read") from None
-  except OSError as e:
-    raise UserError(f"cannot read image {path}: {e.strerror or e}") from None
-  w, h = im.size
-  scale = size / min(w, h)
-  im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
-  w, h = im.size
-  left, top = (w - size) // 2, (h - size) // 2
-  return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
-
-
 class ZeroShotClassifier:
   """Class embeddings computed once from `labels` × `templates`; `predict(images)` gives probabilities."""
 
@@ -60,6 +37,7 @@ class ZeroShotClassifier:
     import jax
 
     from unclip_jax.models import clip as clip_model
+    from unclip_jax.models.clip_encoder import image_encoder, text_encoder
     from unclip_jax.models.tokenizer import Tokenizer
 
     labels = [str(l).strip() for l in labels]
@@ -70,8 +48,8 @@ class ZeroShotClassifier:
     self.config, self.labels, self.templates = config, labels, list(templates)
     tokenizer = tokenizer or Tokenizer(context_length=config.context_length)
     model = clip_model.CLIP(config)
-    self._encode_image = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image))
-    encode_text = jax.jit(lambda p, t: model.apply({"params": p}, t, method=model.encode_text)[0])
+    self._encode_image = jax.jit(image_encoder(model, config))
+    encode_text = jax.jit(lambda p, t: text_encoder(model)(p, t)[0])
     self._params = params
     tokens = tokenizer([t.format(l) for l in labels for t in self.templates], config.context_length)
     emb = np.asarray(clip_model.l2_normalize(encode_text(params, tokens)))
@@ -83,8 +61,7 @@ class ZeroShotClassifier:
     """uint8 (B, S, S, 3) images at the config's image size → (B, classes) scaled cosine similarities."""
     from unclip_jax.models import clip as clip_model
 
-    x = clip_model.normalize_images(images, self.config)
-    img = np.asarray(clip_model.l2_normalize(self._encode_image(self._params, x)))
+    img = np.asarray(clip_model.l2_normalize(self._encode_image(self._params, images)))
     return self.logit_scale * img @ self.class_embeddings.T
 
   def predict(self, images) -> np.ndarray:
@@ -93,26 +70,8 @@ class ZeroShotClassifier:
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def load_clip(directory: str | Path):
-  """(CLIPConfig, params) from a stage checkpoint; any problem with it is a `UserError`."""
-  from unclip_jax.checkpoint import load_stage_params, read_stage
-  from unclip_jax.models import clip as clip_model
-
-  meta = read_stage(directory, kind="clip")
-  try:
-    config = clip_model.CLIPConfig.from_dict(meta["config"])
-  except (TypeError, ValueError) as e:
-    raise UserError(f"{directory}/stage.json has an invalid CLIP config: {e}") from None
-  return config, load_stage_params(directory, clip_model.abstract_params(config), kind="clip")
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise UserError(f"{message} (see --help)")
-
-
 def main(argv: Sequence[str]) -> int:
-  parser = _Parser(prog="python -m unclip_jax.zeroshot", description=__doc__.split("\n\n")[0])
+  parser = ArgumentParser(prog="python -m unclip_jax.zeroshot", description=__doc__.split("\n\n")[0])
   parser.add_argument("--checkpoint", required=True, help="CLIP stage checkpoint folder")
   parser.add_argument("--labels", required=True, help="comma-separated class names")
   parser.add_argument("--template", action="append", dest="templates",
@@ -128,6 +87,8 @@ def main(argv: Sequence[str]) -> int:
   for path in args.images:  # fail on a bad image before the slow model load
     if not Path(path).is_file():
       raise UserError(f"image {path} does not exist" if not Path(path).exists() else f"{path} is not a file")
+  from unclip_jax.models.clip_encoder import load_clip
+
   config, params = load_clip(args.checkpoint)
   images = np.stack([load_image(p, config.image_size) for p in args.images])
   classifier = ZeroShotClassifier(config, params, labels, args.templates or DEFAULT_TEMPLATES)

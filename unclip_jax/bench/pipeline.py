@@ -15,7 +15,6 @@ are enough here: the cost of sampling does not depend on the values of the param
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -23,11 +22,11 @@ import time
 import jax
 import numpy as np
 
-from unclip_jax.errors import UserError
+from unclip_jax.errors import ArgumentParser, UserError
 
 
 def _parse(argv):
-  p = argparse.ArgumentParser(prog="python -m unclip_jax.bench pipeline", description=__doc__.splitlines()[0])
+  p = ArgumentParser(prog="python -m unclip_jax.bench pipeline", description=__doc__.splitlines()[0])
   p.add_argument("--preset", default="tiny", choices=("tiny", "karlo"))
   p.add_argument("--batch", default="1,8", help="comma-separated global batch sizes (padded to the device count)")
   p.add_argument("--prior-steps", default=None)

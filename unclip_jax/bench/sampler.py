@@ -9,7 +9,6 @@ the full pipeline does.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -21,12 +20,12 @@ import numpy as np
 from unclip_jax import diffusion as D
 from unclip_jax.diffusion.oracle import gaussian_optimal_model
 from unclip_jax.diffusion.samplers import SAMPLERS
-from unclip_jax.errors import UserError
+from unclip_jax.errors import ArgumentParser, UserError
 from unclip_jax.io import write_text_atomic
 
 
 def _parse(argv):
-  p = argparse.ArgumentParser(prog="python -m unclip_jax.bench sampler", description=__doc__.splitlines()[0])
+  p = ArgumentParser(prog="python -m unclip_jax.bench sampler", description=__doc__.splitlines()[0])
   p.add_argument("--steps", default="25,50,250", help="comma-separated respacings, e.g. '25,ddim50,250'")
   p.add_argument("--samplers", default="ddpm,ddim", help="comma-separated: ddpm, ddim")
   p.add_argument("--batch", type=int, default=64, help="global batch (split over local devices)")

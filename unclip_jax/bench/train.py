@@ -9,7 +9,6 @@ Two measurements, no dataset needed (shapes come from the config):
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -17,19 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unclip_jax.errors import UserError
+from unclip_jax.errors import ArgumentParser, UserError
 from unclip_jax.io import write_text_atomic
 
 GIB = 1024 ** 3
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise UserError(f"{message} (see --help)")
-
-
 def _parse(argv):
-  p = _Parser(prog="python -m unclip_jax.bench train", description=__doc__.splitlines()[0])
+  p = ArgumentParser(prog="python -m unclip_jax.bench train", description=__doc__.splitlines()[0])
   p.add_argument("--config", required=True, help="configs/STAGE.py:PRESET")
   p.add_argument("--per_device_batch", type=int, default=1)
   p.add_argument("--shard_optimizer", action="store_true", help="ZeRO-2: Adam moments and EMA split over devices")

@@ -11,7 +11,6 @@ mis-shaped tensor is a `UserError` that names it.
 
 from __future__ import annotations
 
-import argparse
 import re
 import warnings
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from unclip_jax.errors import UserError
+from unclip_jax.errors import ArgumentParser, UserError
 
 SOURCES = ("openai", "open_clip")
 _IGNORED = {"input_resolution", "context_length", "vocab_size", "attn_mask", "visual.attn_mask"}
@@ -217,13 +216,8 @@ def export_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # one `error:` line through run_cli instead of argparse's usage dump
-    raise UserError(f"{message} (see --help)")
-
-
 def main(argv) -> int:
-  parser = _Parser(prog="python -m unclip_jax.convert clip",
+  parser = ArgumentParser(prog="python -m unclip_jax.convert clip",
                    description="Convert OpenAI / open_clip ViT CLIP weights to a unclip_jax stage checkpoint.")
   parser.add_argument("path", help=".safetensors, .pt, .bin or .pth state dict")
   parser.add_argument("--from", dest="source", choices=SOURCES, required=True, help="layout / activation family")

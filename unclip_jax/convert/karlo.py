@@ -23,7 +23,6 @@ What each stage checkpoint's parameter tree holds (`checkpoint.load_stage_params
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -32,7 +31,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from unclip_jax.errors import UserError
+from unclip_jax.errors import ArgumentParser, UserError
+from unclip_jax.models import registry
 
 # Our module names that stand for a torch ModuleList / Sequential index ("resnets_1" ↔ "resnets.1").
 _LIST_NAMES = re.compile(r"^(transformer_blocks|to_out|net|down_blocks|up_blocks|resnets|attentions|downsamplers"
@@ -248,22 +248,16 @@ def _stage_config(stage: str, model: dict) -> dict:
 
 def _jobs(src: Path):
   """Yields (out name, kind, stage config, [(folder, steps, abstract, place)]) after checking every folder."""
-  from unclip_jax.models import prior as prior_lib
-  from unclip_jax.models import unet as unet_lib
-
   jobs = []
   folder = src / "prior"
   m = prior_model_config(_read_config(folder), folder)
-  model = prior_lib.from_config(m)
-  abstract = jax.eval_shape(lambda: prior_lib.init_variables(model, jax.random.key(0)))
+  abstract = registry.abstract_params("prior", m)
   jobs.append(("prior", "prior", _stage_config("prior", m),
                [(folder, plan(_shapes(folder), abstract, what=str(folder / WEIGHTS)), abstract, None)]))
 
   folder, proj_folder = src / "decoder", src / "text_proj"
   m = decoder_model_config(_read_config(folder), folder, _read_config(proj_folder), proj_folder)
-  model = unet_lib.decoder_from_config(m)
-  abstract = jax.eval_shape(lambda: unet_lib.init_decoder(model, jax.random.key(0), image_size=8, text_len=1))
-  abstract = abstract["params"]
+  abstract = registry.abstract_params("decoder", m)
   parts = []
   for sub, f in (("unet", folder), ("text_proj", proj_folder)):
     parts.append((f, plan(_shapes(f), abstract[sub], what=str(f / WEIGHTS)), abstract[sub], sub))
@@ -272,9 +266,7 @@ def _jobs(src: Path):
   for name in ("super_res_first", "super_res_last"):
     folder = src / name
     m = upsampler_model_config(_read_config(folder), folder)
-    model = unet_lib.unet_from_config(m, decoder=False)
-    size = 2 ** (len(m["block_out_channels"]) - 1)
-    abstract = jax.eval_shape(lambda: unet_lib.init_unet(model, jax.random.key(0), image_size=size))["params"]
+    abstract = registry.abstract_params("upsampler", m)
     jobs.append((STAGES[name][0], "upsampler", _stage_config("sr_64_256", m),
                  [(folder, plan(_shapes(folder), abstract, what=str(folder / WEIGHTS)), abstract, None)]))
   return jobs
@@ -308,7 +300,7 @@ def convert(src: str | Path, out: str | Path, *, overwrite: bool = False) -> dic
 
 
 def main(argv) -> int:
-  parser = argparse.ArgumentParser(prog="python -m unclip_jax.convert karlo",
+  parser = ArgumentParser(prog="python -m unclip_jax.convert karlo",
                                    description="Convert a diffusers-format Karlo folder into unclip_jax stage "
                                                "checkpoints (prior, decoder, sr_64_256, sr_64_256_last).")
   parser.add_argument("karlo_dir", help="folder with prior/ text_proj/ decoder/ super_res_first/ super_res_last/")

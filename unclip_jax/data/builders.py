@@ -27,7 +27,7 @@ from unclip_jax.data import emoji as emoji_lib
 from unclip_jax.data import image_files
 from unclip_jax.data import shapes as shapes_lib
 from unclip_jax.errors import UserError
-from unclip_jax.images import png_bytes
+from unclip_jax.images import decode_image, png_bytes
 
 FILE_FORMAT = "array_record"
 
@@ -38,6 +38,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
   train_size: int = 50_000
   heldout_size: int = 2_000
   seed: int = 0
+  kinds: tuple[str, ...] = shapes_lib.KINDS  # shapes_lib.ALL_KINDS adds "a red circle and no squares"
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
@@ -52,6 +53,10 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       ShapesConfig(name="64", description="64x64 scenes", image_size=64),
       ShapesConfig(name="32", description="32x32 scenes", image_size=32),
+      ShapesConfig(name="64_negation", description="64x64 scenes, also negated captions", image_size=64,
+                   kinds=shapes_lib.ALL_KINDS),
+      ShapesConfig(name="32_negation", description="32x32 scenes, also negated captions", image_size=32,
+                   kinds=shapes_lib.ALL_KINDS),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -75,7 +80,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, count: int):
     c = self.builder_config
-    scenes = shapes_lib.ShapesScenes(image_size=c.image_size, split=split, seed=c.seed)
+    scenes = shapes_lib.ShapesScenes(image_size=c.image_size, split=split, seed=c.seed, kinds=c.kinds)
     for i in range(count):
       image, caption, spec = scenes[i]
       yield f"{split}_{i}", {"image": png_bytes(image), "caption": caption, "spec": json.dumps(spec)}
@@ -87,6 +92,13 @@ def _features(size: int) -> tfds.features.FeaturesDict:
       "caption": tfds.features.Text(),
       "spec": tfds.features.Text(),
   })
+
+
+def _dataset_info(builder, *, homepage: str, license: str) -> tfds.core.DatasetInfo:
+  """DatasetInfo of our captioned-image builders: the class docstring, `_features` at the config's size."""
+  return tfds.core.DatasetInfo(builder=builder, description=builder.__doc__,
+                               features=_features(builder.builder_config.image_size), homepage=homepage,
+                               license=license, metadata=tfds.core.MetadataDict())
 
 
 # --------------------------------------------------------------------------------------------- emoji
@@ -129,14 +141,8 @@ class Emoji(_SourceMixin, tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     licenses = ", ".join(f"{style} {spdx}" for style, spdx in EMOJI_LICENSES.items())
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=self.__doc__,
-        features=_features(self.builder_config.image_size),
-        homepage="https://github.com/iconify/icon-sets",
-        license=f"Per style: {licenses} (see metadata.json and each example's spec).",
-        metadata=tfds.core.MetadataDict(),
-    )
+    return _dataset_info(self, homepage="https://github.com/iconify/icon-sets",
+                         license=f"Per style: {licenses} (see metadata.json and each example's spec).")
 
   def _split_generators(self, dl_manager):
     del dl_manager  # read from the npm install named by the config, never downloaded
@@ -241,14 +247,8 @@ class FashionMnist(_SourceMixin, tfds.core.GeneratorBasedBuilder, skip_registrat
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=self.__doc__,
-        features=_features(self.builder_config.image_size),
-        homepage="https://github.com/zalandoresearch/fashion-mnist",
-        license="MIT (Copyright (c) 2017 Zalando SE); Debian package dataset-fashion-mnist.",
-        metadata=tfds.core.MetadataDict(),
-    )
+    return _dataset_info(self, homepage="https://github.com/zalandoresearch/fashion-mnist",
+                         license="MIT (Copyright (c) 2017 Zalando SE); Debian package dataset-fashion-mnist.")
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -330,7 +330,7 @@ class ImageText(_SourceMixin, tfds.core.GeneratorBasedBuilder):
     for key, data, caption in image_files.iter_raw(kind, paths, seen):
       if self._split_of(key) != split:
         continue
-      image = image_files.decode_resize(data, c.image_size)
+      image = decode_image(data, c.image_size)  # None when PIL cannot decode it
       if image is None:
         counts[image_files.SKIP_UNREADABLE] += 1
         continue

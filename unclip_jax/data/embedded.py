@@ -2,7 +2,7 @@
 
 The prior and the decoder train on (image, caption, CLIP text/image embeddings). Keeping the embeddings
 in the *same record* as the image and caption means they cannot drift out of alignment, which separate
-`.npy` shards matched by shard id did in DALLE2-pytorch (anchors_unclip.md (f) 8). One BuilderConfig
+`.npy` shards matched by shard id did in DALLE2-pytorch. One BuilderConfig
 per run (its name is `--name`), so `open_source(data_dir, "embedded", split, config=NAME)` reads it.
 
 Record keys (a contract with the trainers; L = the checkpoint's context length):
@@ -15,11 +15,16 @@ Record keys (a contract with the trainers; L = the checkpoint's context length):
   image_embedding  float32 (embed_dim,) CLIP's projected image embedding, not normalised
 Records are written in source order (record i embeds source record i of the same split).
 
+`text_mask` is `unclip_jax.models.clip_encoder.text_mask(tokens)`, the embeddings come from that module's
+encoders, and the image tower sees `clip_encoder.clip_pixels(image, image_size)` (the one policy of
+`unclip_jax.images`), so sampling and training encode exactly as the records were written.
+
 `metadata.json` beside `dataset_info.json` (also `builder.info.metadata`, or `load_metadata`) holds the
-CLIP checkpoint (path, config, sha256 of its parameters), the source dataset (data_dir, name, config,
-version, path), the image preprocessing, and `clip_mean`/`clip_std`: the per-dimension mean and
-(population) standard deviation of `image_embedding` over every record written, which the prior
-standardises with. The same statistics per split, and for `text_embedding`, sit under `splits`.
+CLIP checkpoint (path, config, `clip_encoder.params_sha256` of its parameters), the source dataset
+(data_dir, name, config, version, path), the image preprocessing, and `clip_mean`/`clip_std`: the
+per-dimension mean and (population) standard deviation of `image_embedding` over every record written
+(`unclip_jax.data.moments`), which the prior standardises with. The same statistics per split, and for
+`text_embedding`, sit under `splits`.
 
 Size per record (serialized; `text_states` is raw bytes, 2 or 4 per value, the rest ~1 KB with spec/PNG):
   CLIP          L x text_width   states float16   float32    per 50k records (float16)
@@ -33,8 +38,6 @@ Captions longer than L - 2 tokens are cut (the tokenizer keeps the end token); m
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -44,8 +47,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from unclip_jax.data import pipeline
+from unclip_jax.data.moments import Moments
 from unclip_jax.errors import UserError
-from unclip_jax.images import png_bytes
+from unclip_jax.images import FIT_POLICY, png_bytes, to_rgb
 
 NAME = "embedded"
 FILE_FORMAT = "array_record"
@@ -54,9 +58,8 @@ METADATA_FORMAT = 1
 STATES_DTYPES = ("float16", "float32")
 RECORD_KEYS = ("image", "caption", "spec", "tokens", "text_mask", "text_embedding", "text_states",
                "image_embedding")
-RESIZE_METHOD = ("images whose size differs from the CLIP's image_size: short side resized to image_size "
-                 "with jax.image.resize(method='bicubic', antialias=True) on [0, 1] pixels, centre-cropped, "
-                 "clipped to [0, 1]; then standardised with the config's image_mean/image_std")
+IMAGE_PREPROCESSING = (f"unclip_jax.images.fit_image to the CLIP's image_size ({FIT_POLICY}); an RGB image of "
+                       "that size is used as it is; then standardised with the config's image_mean/image_std")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -73,130 +76,8 @@ class EmbeddedConfig(tfds.core.BuilderConfig):
   states_dtype: str = "float16"
 
 
-def to_clip_pixels(image: np.ndarray, size: int) -> np.ndarray:
-  """uint8 (H, W, 3) → float32 (size, size, 3) in [0, 1]: the CLIP image tower's input before standardising.
-
-  An image of the right size is only rescaled (x / 255, as `clip.normalize_images` does for uint8), so
-  the embedding equals a direct forward on it; any other size takes the bicubic path in RESIZE_METHOD.
-  """
-  x = np.asarray(image, np.float32) / np.float32(255.0)
-  h, w = x.shape[:2]
-  if (h, w) == (size, size):
-    return x
-  scale = size / min(h, w)
-  nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-  x = np.asarray(_resize()(x, (nh, nw, 3), "bicubic", True))
-  top, left = (nh - size) // 2, (nw - size) // 2
-  return np.clip(x[top:top + size, left:left + size], 0.0, 1.0)
-
-
-@functools.lru_cache(maxsize=None)
-def _resize():
-  import jax
-
-  return jax.jit(jax.image.resize, static_argnums=(1, 2, 3))  # compiled once per image shape
-
-
-def text_mask(tokens: np.ndarray) -> np.ndarray:
-  """True up to and including the end token (the largest id, as CLIP pools): robust to id 0 ('!')."""
-  tokens = np.asarray(tokens)
-  return np.arange(tokens.shape[-1]) <= np.argmax(tokens, axis=-1)[..., None]
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-  image = np.asarray(image, np.uint8)
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-    raise UserError(f"source images must be (H, W, 1|3|4) uint8, got shape {image.shape}")
-  if image.shape[-1] == 1:
-    return np.repeat(image, 3, axis=-1)
-  return image[..., :3]
-
-
 def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-class ClipEmbedder:
-  """A jitted CLIP forward over fixed-size batches, data-parallel over this process's local devices.
-
-  Batches are zero-padded to `batch_size` rounded up to a multiple of the device count, so the forward
-  compiles once; parameters are replicated and the batch is split along its first axis.
-  """
-
-  def __init__(self, config, params, batch_size: int):
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-    from unclip_jax.models import clip as clip_model
-
-    self.config = config
-    devices = jax.local_devices()
-    self.batch_size = -(-batch_size // len(devices)) * len(devices)
-    mesh = Mesh(np.array(devices), ("data",))
-    self._data = NamedSharding(mesh, P("data"))
-    self._params = jax.device_put(params, NamedSharding(mesh, P()))
-    model = clip_model.CLIP(config)
-
-    def forward(p, pixels, tokens):
-      out = model.apply({"params": p}, clip_model.normalize_images(pixels, config), tokens)
-      return {"image_embedding": out["image_embeds"], "text_embedding": out["text_embeds"],
-              "text_states": out["text_states"]}
-
-    self._forward = jax.jit(forward)
-
-  def __call__(self, pixels: np.ndarray, tokens: np.ndarray) -> dict[str, np.ndarray]:
-    """float32 (n, S, S, 3) pixels in [0, 1] and int32 (n, L) tokens, n ≤ batch size → numpy outputs."""
-    import jax
-
-    n = len(pixels)
-    pad = self.batch_size - n
-    pixels = np.concatenate([pixels, np.zeros((pad, *pixels.shape[1:]), np.float32)]) if pad else pixels
-    tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), np.int32)]) if pad else tokens
-    out = self._forward(self._params, jax.device_put(pixels, self._data), jax.device_put(tokens, self._data))
-    return {k: np.asarray(v)[:n] for k, v in out.items()}
-
-
-class _Moments:
-  """Per-dimension mean and population std over batches, merged in float64 (Chan et al.)."""
-
-  def __init__(self, dim: int):
-    self.count, self.mean, self.m2 = 0, np.zeros(dim), np.zeros(dim)
-
-  def update(self, x: np.ndarray):
-    x = np.asarray(x, np.float64)
-    n, mean = len(x), x.mean(axis=0)
-    delta, total = mean - self.mean, self.count + n
-    self.mean = self.mean + delta * n / total
-    self.m2 = self.m2 + ((x - mean) ** 2).sum(axis=0) + delta ** 2 * self.count * n / total
-    self.count = total
-
-  def merge(self, other: _Moments):
-    if other.count:
-      total = self.count + other.count
-      delta = other.mean - self.mean
-      self.mean = self.mean + delta * other.count / total
-      self.m2 = self.m2 + other.m2 + delta ** 2 * self.count * other.count / total
-      self.count = total
-
-  @property
-  def std(self) -> np.ndarray:
-    return np.sqrt(self.m2 / max(self.count, 1))
-
-
-def params_sha256(params) -> str:
-  """A fingerprint of the parameter values, so a pipeline can check it uses the CLIP the data was embedded with."""
-  import jax
-
-  digest = hashlib.sha256()
-  flat, _ = jax.tree_util.tree_flatten_with_path(params)
-  for path, leaf in sorted(flat, key=lambda kv: jax.tree_util.keystr(kv[0])):
-    arr = np.ascontiguousarray(np.asarray(leaf, np.float32))
-    digest.update(jax.tree_util.keystr(path).encode())
-    digest.update(str(arr.shape).encode())
-    digest.update(arr.tobytes())
-  return digest.hexdigest()
 
 
 class Embedded(tfds.core.GeneratorBasedBuilder):
@@ -250,6 +131,7 @@ class Embedded(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download: the source is a prepared dataset
+    from unclip_jax.models.clip_encoder import ClipEmbedder, params_sha256
     from unclip_jax.models.tokenizer import Tokenizer
 
     c, config, params = self.builder_config, self._clip_config, self._clip_params
@@ -263,7 +145,7 @@ class Embedded(tfds.core.GeneratorBasedBuilder):
         "source": {"data_dir": c.source_data_dir, "name": c.source_name, "config": c.source_config,
                    "version": self._source_path.name, "path": str(self._source_path)},
         "states_dtype": c.states_dtype,
-        "image_preprocessing": RESIZE_METHOD,
+        "image_preprocessing": IMAGE_PREPROCESSING,
         "splits": {},
     })
     return {split: self._generate_examples(split) for split in c.splits}
@@ -271,22 +153,24 @@ class Embedded(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str):
     from tqdm import tqdm
 
+    from unclip_jax.models.clip_encoder import clip_pixels, text_mask
+
     c, clip = self.builder_config, self._clip_config
     source = pipeline.open_source(c.source_data_dir, c.source_name, split, c.source_config)
     count = len(source)
     stride = 2 ** 128 // count  # integer keys, spread over tfds' hash range: kept in order, bucketed evenly
-    image_moments, text_moments = _Moments(clip.embed_dim), _Moments(clip.embed_dim)
+    image_moments, text_moments = Moments(clip.embed_dim), Moments(clip.embed_dim)
     states_dtype = np.dtype(c.states_dtype)
     truncated = 0
     with tqdm(total=count, desc=f"embedding {c.source_name} {split}", unit=" examples") as progress:
       for start in range(0, count, c.batch_size):
         indices = list(range(start, min(start + c.batch_size, count)))
         examples = source.__getitems__(indices) if hasattr(source, "__getitems__") else [source[i] for i in indices]
-        images = [_rgb(ex["image"]) for ex in examples]
+        images = [to_rgb(ex["image"]) for ex in examples]
         captions = [_text(ex["caption"]) for ex in examples]
         tokens = self._tokenizer(captions, clip.context_length)
         truncated += sum(len(self._tokenizer.encode(t)) + 2 > clip.context_length for t in captions)
-        pixels = np.stack([to_clip_pixels(im, clip.image_size) for im in images])
+        pixels = np.stack([clip_pixels(im, clip.image_size) for im in images])
         out = self._embedder(pixels, tokens)
         masks = text_mask(tokens)
         image_moments.update(out["image_embedding"])
@@ -310,7 +194,7 @@ class Embedded(tfds.core.GeneratorBasedBuilder):
         "clip_mean": image_moments.mean.tolist(), "clip_std": image_moments.std.tolist(),
         "text_mean": text_moments.mean.tolist(), "text_std": text_moments.std.tolist(),
     }
-    total = _Moments(clip.embed_dim)
+    total = Moments(clip.embed_dim)
     for m in self._moments.values():
       total.merge(m)
     meta.update({"num_examples": total.count, "clip_mean": total.mean.tolist(), "clip_std": total.std.tolist()})
@@ -332,9 +216,7 @@ def make_builder(*, checkpoint: str, data_dir: str, dataset: str, name: str, dat
                  splits: Sequence[str] | None = None, batch_size: int = 64, states_dtype: str = "float16",
                  out_data_dir: str | None = None) -> Embedded:
   """Checks every input and loads the CLIP (a `UserError` for any problem); returns the builder, nothing written yet."""
-  from unclip_jax.checkpoint import read_stage
-  from unclip_jax.models import clip as clip_model
-  from unclip_jax.zeroshot import load_clip
+  from unclip_jax.models.clip_encoder import load_clip, read_clip_config
 
   if not _NAME_RE.match(name) or re.fullmatch(r"\d+\.\d+\.\d+", name):
     raise UserError(f"--name {name!r} must be letters, digits, '_', '-' or '.', starting with a letter or digit")
@@ -343,16 +225,12 @@ def make_builder(*, checkpoint: str, data_dir: str, dataset: str, name: str, dat
   if states_dtype not in STATES_DTYPES:
     raise UserError(f"--states_dtype must be one of {', '.join(STATES_DTYPES)}, got {states_dtype!r}")
   checkpoint = str(Path(checkpoint).absolute())
-  meta = read_stage(checkpoint, kind="clip")
+  read_clip_config(checkpoint)  # a bad checkpoint fails here, before any other work
   import jax
 
   if jax.process_count() > 1:  # every process would write the same folder
     raise UserError("embed runs in a single process (it uses that process's local devices); "
                     "run it without jax.distributed")
-  try:
-    clip_config = clip_model.CLIPConfig.from_dict(meta["config"])
-  except (TypeError, ValueError) as e:
-    raise UserError(f"{checkpoint}/stage.json has an invalid CLIP config: {e}") from None
   source_root = Path(data_dir).absolute()
   source_config = _source_config(source_root, dataset, dataset_config)
   source_path = pipeline.dataset_dir(source_root, dataset, source_config)

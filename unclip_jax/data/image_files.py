@@ -2,7 +2,8 @@
 
 Sources are walked in a fixed (sorted) order and every example has a stable key, so the train/validation
 split is a pure function of the key. Unreadable images and images without a caption are skipped and
-counted by reason; they never stop a run, because a few bad files are normal in scraped data.
+counted by reason; they never stop a run, because a few bad files are normal in scraped data. Decoding,
+resizing and cropping follow the one image policy of `unclip_jax.images` (`decode_image`).
 """
 
 from __future__ import annotations
@@ -10,15 +11,10 @@ from __future__ import annotations
 import collections
 import glob
 import hashlib
-import io
 import os
 import tarfile
-import warnings
 from pathlib import Path
 from typing import Iterator
-
-import numpy as np
-from PIL import Image
 
 from unclip_jax.errors import UserError
 
@@ -137,36 +133,3 @@ def _iter_tar(shard: Path, counts: collections.Counter, with_data: bool):
     counts["truncated_shard"] += 1  # keep what was read before the damage
   if group_key is not None and (item := flush()) is not None:
     yield item
-
-
-def decode_resize(data: bytes, size: int) -> np.ndarray | None:
-  """Encoded image → uint8 (size, size, 3): shorter side resized to `size`, then centre-cropped.
-
-  Transparent images are composited over white. Returns None for anything PIL cannot decode.
-  """
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")  # PIL warns on odd-but-readable files; only failures matter here
-      image = Image.open(io.BytesIO(data))
-      image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the image is much larger
-      image.load()
-      image = _to_rgb(image)
-  except Exception:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBomb...)
-    return None
-  w, h = image.size
-  if w < 1 or h < 1:
-    return None
-  scale = size / min(w, h)
-  new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-  image = image.resize((new_w, new_h), Image.BICUBIC, reducing_gap=3.0)
-  left, top = (new_w - size) // 2, (new_h - size) // 2
-  return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-  if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-    rgba = image.convert("RGBA")
-    canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    canvas.alpha_composite(rgba)
-    return canvas.convert("RGB")
-  return image.convert("RGB")

@@ -8,20 +8,19 @@ dataset again reuses what is there. Datasets: `shapes` (procedural), `emoji` (np
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
 from pathlib import Path
 
-from unclip_jax.errors import UserError, run_cli
+from unclip_jax.errors import ArgumentParser, UserError, run_cli
 
 DATASETS = ("shapes", "emoji", "fashion_mnist", "image_text")
 DEFAULT_SIZE = {"shapes": 64, "emoji": 64, "fashion_mnist": 28, "image_text": 64}
 
 
 def _parse(argv):
-  p = argparse.ArgumentParser(prog="python -m unclip_jax.data.prepare", description=__doc__.splitlines()[0])
+  p = ArgumentParser(prog="python -m unclip_jax.data.prepare", description=__doc__.splitlines()[0])
   p.add_argument("name", help=f"dataset: {', '.join(DATASETS)}")
   p.add_argument("--data_dir", required=True, help="root folder for prepared datasets")
   p.add_argument("--source", default=None,

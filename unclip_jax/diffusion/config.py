@@ -17,7 +17,7 @@ A stage config (`configs/prior.py`, `configs/decoder.py`, `configs/upsampler.py`
   sample.dynamic_threshold  Imagen's percentile (e.g. 0.995); 0 turns it off (then clip_x0 applies)
 
 Sources for the numbers: the unCLIP paper's Table 3 / Appendix C ("paper") and Kakao Brain's Karlo
-configs ("karlo"); see ../shared/reference/anchors_unclip.md.
+configs ("karlo").
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ step with exactly the network call (timestep) the sampler's step i makes between
 levels, so the only mismatch is the x the network sees (x_{i-1} for x_i), which vanishes as steps shrink
 and is small anyway because x_t keeps unit scale in a variance-preserving process. Evaluating at index
 i-1 instead mismatches the noise level, has no timestep for the first step from clean data, and makes
-the round-trip error on the Gaussian oracle 1.5-2x larger (tests/test_ddim_inversion.py); diffusers'
+the round-trip error on the Gaussian oracle 1.5-2x larger (tests/diffusion/test_ddim_inversion.py); diffusers'
 DDIMInverseScheduler and null-text inversion also evaluate at the index they move to.
 """
 

@@ -87,7 +87,7 @@ class CLIPConfig:
     return dataclasses.replace(self, **kw)
 
 
-# Presets. Parameter counts (tests/test_clip_model.py): ViT-B/32 151,277,313; ViT-L/14 427,616,513.
+# Presets. Parameter counts (tests/models/test_clip_model.py): ViT-B/32 151,277,313; ViT-L/14 427,616,513.
 PRESETS: dict[str, CLIPConfig] = {
     "tiny": CLIPConfig(embed_dim=32, image_size=32, patch_size=8, vision_width=32, vision_layers=2,
                        vision_heads=2, context_length=16, text_width=32, text_heads=2, text_layers=2,
@@ -138,14 +138,17 @@ class Attention(nn.Module):
     return nn.Dense(self.width, dtype=self.dtype, name="out_proj")(out)
 
 
-class ResidualBlock(nn.Module):
-  """Pre-LN transformer block (OpenAI's `ResidualAttentionBlock`)."""
-
+class _BlockShape(nn.Module):
+  """The fields of a transformer block: width, heads, MLP ratio, activation, compute dtype."""
   width: int
   heads: int
   mlp_ratio: float
   activation: str
   dtype: Any = jnp.float32
+
+
+class ResidualBlock(_BlockShape):
+  """Pre-LN transformer block (OpenAI's `ResidualAttentionBlock`)."""
 
   @nn.compact
   def __call__(self, x, mask=None):
@@ -157,13 +160,9 @@ class ResidualBlock(nn.Module):
     return x + nn.Dense(self.width, dtype=self.dtype, name="c_proj")(h)
 
 
-class Transformer(nn.Module):
-  width: int
-  layers: int
-  heads: int
-  mlp_ratio: float
-  activation: str
-  dtype: Any = jnp.float32
+class Transformer(_BlockShape):
+  """`layers` residual blocks of the same shape (resblocks_0 ... resblocks_{layers-1})."""
+  layers: int = 1
 
   @nn.compact
   def __call__(self, x, mask=None):
@@ -192,7 +191,7 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, c.vision_width)), x], axis=1)
     x = x + pos.astype(dtype)
     x = nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, name="ln_pre")(x)
-    x = Transformer(c.vision_width, c.vision_layers, c.vision_heads, c.mlp_ratio, c.activation, dtype=dtype,
+    x = Transformer(c.vision_width, c.vision_heads, c.mlp_ratio, c.activation, dtype=dtype, layers=c.vision_layers,
                     name="transformer")(x)
     pooled = nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, name="ln_post")(x[:, 0])
     proj = self.param("proj", nn.initializers.normal(scale), (c.vision_width, c.embed_dim))
@@ -216,8 +215,8 @@ class CLIP(nn.Module):
                                     dtype=dtype)
     self.positional_embedding = self.param("positional_embedding", nn.initializers.normal(0.01),
                                            (c.context_length, c.text_width))
-    self.transformer = Transformer(c.text_width, c.text_layers, c.text_heads, c.mlp_ratio, c.activation,
-                                   dtype=dtype)
+    self.transformer = Transformer(c.text_width, c.text_heads, c.mlp_ratio, c.activation, dtype=dtype,
+                                   layers=c.text_layers)
     self.ln_final = nn.LayerNorm(epsilon=LN_EPS, dtype=dtype)
     self.text_projection = self.param("text_projection", nn.initializers.normal(c.text_width ** -0.5),
                                       (c.text_width, c.embed_dim))

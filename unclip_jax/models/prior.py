@@ -33,12 +33,16 @@ Dtype = Any
 STATS = "stats"
 
 
-class SelfAttention(nn.Module):
-  """diffusers `Attention` with bias on q/k/v/out (names to_q, to_k, to_v, to_out_0)."""
+class _Heads(nn.Module):
+  """The fields of a multi-head layer of width num_heads × head_dim."""
   num_heads: int
   head_dim: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+
+
+class SelfAttention(_Heads):
+  """diffusers `Attention` with bias on q/k/v/out (names to_q, to_k, to_v, to_out_0)."""
 
   @nn.compact
   def __call__(self, x, bias, deterministic: bool = True):
@@ -72,12 +76,8 @@ class _GeluProj(nn.Module):
     return nn.gelu(dense(self.features, "proj", self.dtype)(x), approximate=False)
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlock(_Heads):
   """Pre-LayerNorm block: x + attn(norm1(x)); x + ff(norm3(x)) (diffusers `BasicTransformerBlock`)."""
-  num_heads: int
-  head_dim: int
-  dropout: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, bias, deterministic: bool = True):

@@ -8,21 +8,15 @@ that sampling and the next stages load). Ctrl-C or SIGTERM saves the current ste
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from unclip_jax.errors import UserError, run_cli
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise UserError(f"{message} (see --help)")
+from unclip_jax.errors import ArgumentParser, run_cli
 
 
 def main(argv) -> int:
   overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
   rest = [a for a in argv if not a.startswith("--config.")]
-  parser = _Parser(prog="python -m unclip_jax.train", description=__doc__.splitlines()[0])
+  parser = ArgumentParser(prog="python -m unclip_jax.train", description=__doc__.splitlines()[0])
   parser.add_argument("--config", required=True, help="configs/STAGE.py:PRESET")
   parser.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics, samples, export")
   parser.add_argument("--data_dir", default=None, help="prepared datasets root (sets config.data.data_dir)")

@@ -6,7 +6,7 @@ device all-gathers the embeddings of every device and scores its LOCAL rows agai
 `axis_index * local_batch`. The value is `pmean`-ed, so it equals the single-device loss over the whole
 batch. Gradients flow through `all_gather` (whose transpose is a reduce-scatter), so each device's
 embeddings receive the contributions of every device's rows. What the gradient means depends on the
-wrapper (both checked against the single-device loss in tests/test_clip_contrastive.py):
+wrapper (both checked against the single-device loss in tests/train/test_clip_contrastive.py):
   * `jax.shard_map` (replication checking on, the default): `jax.grad` of the loss is exactly the
     gradient of the global loss; replicated parameters come back already reduced over the axis.
   * `jax.pmap`: the per-device gradient is that of the SUM of the per-device losses (N × the global

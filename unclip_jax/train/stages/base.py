@@ -29,6 +29,15 @@ class Stage:
   def __init__(self, config):
     self.config = config
 
+  def build_diffusion_model(self) -> None:
+    """`self.model` (this stage kind's module, built by the model registry from `config.model`) and
+    `self.process` (the training diffusion process of `config.diffusion`)."""
+    from unclip_jax import diffusion
+    from unclip_jax.models import registry
+
+    self.model = registry.build_model(self.kind, self.config.model)
+    self.process = diffusion.GaussianDiffusion.from_config(self.config.diffusion)
+
   def init(self, rng):
     """(params, extra): the trained parameters and the non-trained variables (may read the data)."""
     return jax.jit(self.init_params)(rng), self.make_extra()

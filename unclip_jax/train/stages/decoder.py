@@ -12,6 +12,7 @@ import numpy as np
 from unclip_jax import diffusion
 from unclip_jax import images as image_io
 from unclip_jax.models import unet as unet_model
+from unclip_jax.pipeline.settings import StageSampling, sample_kwargs
 from unclip_jax.train.stages.base import split_rngs
 from unclip_jax.train.stages.embedded import TEXT_KEYS, EmbeddedStage, drop_captions
 
@@ -23,8 +24,7 @@ class DecoderStage(EmbeddedStage):
 
   def __init__(self, config):
     super().__init__(config)
-    self.model = unet_model.decoder_from_config(config.model)
-    self.process = diffusion.GaussianDiffusion.from_config(config.diffusion)
+    self.build_diffusion_model()
     self.size = int(config.model.image_size)
 
   def init_params(self, rng):
@@ -85,12 +85,12 @@ class DecoderStage(EmbeddedStage):
     # Unconditional branch: empty caption and the learned embedding in place of the image embedding.
     uncond = {k: jnp.broadcast_to(jnp.asarray(extra["null_text"][k])[None], cond[k].shape) for k in TEXT_KEYS}
     uncond.update(image_embedding=cond["image_embedding"], image_dropped=jnp.ones((n,), bool))
-    s = self.config.diffusion.sample
+    s = StageSampling.from_dict(self.config.diffusion.sample.to_dict())
     process = self.process.respace(s.steps)
     model_fn = lambda x_t, t, c: self._apply(params, x_t, t, c)  # noqa: E731
     draw = jax.jit(lambda key: diffusion.sample(
         process, model_fn, (n, self.size, self.size, 3), key, cond=cond, uncond=uncond,
-        guidance_scale=float(s.guidance_scale), sampler=s.sampler, eta=float(s.eta), clip_x0=float(s.clip_x0)))
+        guidance_scale=s.guidance_scale, **sample_kwargs(s)))
     real = image_io.to_uint8(self.images(jnp.asarray(batch["image"][:n])))
     return np.concatenate([real, image_io.to_uint8(draw(rng))])
 

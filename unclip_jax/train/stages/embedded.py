@@ -2,7 +2,8 @@
 
 Classifier-free guidance needs the model to have seen "no caption". As in Karlo and diffusers, that is
 the CLIP encoding of the empty string, computed once from the CLIP checkpoint that embedded the dataset
-(named in its metadata), kept in the train state's `extra` and swapped in for dropped captions.
+(named in its metadata) by `unclip_jax.models.clip_encoder.encode_empty_caption`, the same function
+sampling uses, kept in the train state's `extra` and swapped in for dropped captions.
 """
 
 from __future__ import annotations
@@ -53,18 +54,13 @@ class EmbeddedStage(Stage):
             "text_mask": jax.ShapeDtypeStruct(lead + (length,), jnp.bool_)}
 
   def empty_caption(self) -> dict[str, np.ndarray]:
-    """The CLIP encoding of "" with the checkpoint that embedded the data: embedding, states, mask."""
+    """The CLIP encoding of "" with the checkpoint that embedded the data: embedding, states, mask (no batch axis)."""
     from unclip_jax.models import clip as clip_model
-    from unclip_jax.models.tokenizer import Tokenizer
-    from unclip_jax.zeroshot import load_clip
+    from unclip_jax.models.clip_encoder import encode_empty_caption, load_clip
 
-    checkpoint = self.metadata()["clip"]["checkpoint"]
-    config, params = load_clip(checkpoint)
-    tokens = np.asarray(Tokenizer(config.context_length)([""]), np.int32)
-    embedding, states = jax.jit(lambda p, t: clip_model.CLIP(config).apply({"params": p}, t,
-                                                                           method="encode_text"))(params, tokens)
-    return {"text_embedding": np.asarray(embedding[0], np.float32), "text_states": np.asarray(states[0], np.float32),
-            "text_mask": embedded_data.text_mask(tokens)[0]}
+    config, params = load_clip(self.metadata()["clip"]["checkpoint"])
+    encoding = encode_empty_caption(clip_model.CLIP(config), params, config.context_length)
+    return {k: v[0] for k, v in zip(TEXT_KEYS, encoding)}
 
 
 def drop_captions(key, batch, null, rate: float):

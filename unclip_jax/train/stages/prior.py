@@ -18,8 +18,7 @@ class PriorStage(EmbeddedStage):
 
   def __init__(self, config):
     super().__init__(config)
-    self.model = prior_model.from_config(config.model)
-    self.process = diffusion.GaussianDiffusion.from_config(config.diffusion)
+    self.build_diffusion_model()
 
   def init_params(self, rng):
     return prior_model.init_variables(self.model, rng)["params"]

@@ -43,8 +43,7 @@ class UpsamplerStage(Stage):
 
   def __init__(self, config):
     super().__init__(config)
-    self.model = unet_model.unet_from_config(config.model, decoder=False)
-    self.process = diffusion.GaussianDiffusion.from_config(config.diffusion)
+    self.build_diffusion_model()
     fraction = config.train.get("crop_fraction", 1.0)
     self.crop = int(round(config.model.image_size * fraction))
     if not 0 < fraction <= 1 or self.crop < 8:

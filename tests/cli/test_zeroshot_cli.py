@@ -132,9 +132,3 @@ def test_prompt_ensemble_is_renormalised_mean(files):
   assert probs.shape == (3, 2)
   np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
 
-
-def test_load_image_resizes_and_crops(files):
-  root, _ = files
-  image = zeroshot.load_image(root / "img.png", 24)  # 56x40 → short side 24 → centre crop
-  assert image.shape == (24, 24, 3) and image.dtype == np.uint8
-  assert zeroshot.load_image(root / "gray.jpg", 16).shape == (16, 16, 3)

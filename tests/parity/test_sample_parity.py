@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.helpers import C, PRIOR, decoder_unet, sr_unet
 from unclip_jax import diffusion as D
 from unclip_jax import pipeline as P
 from unclip_jax.convert.karlo import convert_state_dict, upsampler_model_config
@@ -20,9 +21,7 @@ from unclip_jax.models import unet as unet_lib
 
 pytestmark = pytest.mark.peers
 
-SR = dict(sample_size=32, layers_per_block=1, down_block_types=("ResnetDownsampleBlock2D",) * 2,
-          up_block_types=("ResnetUpsampleBlock2D",) * 2, block_out_channels=(32, 64), in_channels=6, out_channels=3,
-          add_attention=False, norm_num_groups=8)
+SR = sr_unet(32)
 
 
 def test_prior_decoder_upsampler_match_diffusers_unclip_pipeline(monkeypatch):
@@ -40,16 +39,11 @@ def test_prior_decoder_upsampler_match_diffusers_unclip_pipeline(monkeypatch):
 
   from unclip_jax.models.prior import PriorTransformer, init_variables
 
-  d, n, c = 24, 5, (32, 64)
+  d, n, c = PRIOR["embedding_dim"], PRIOR["num_embeddings"], C
   torch.manual_seed(0)
-  prior_cfg = dict(num_attention_heads=2, attention_head_dim=8, num_layers=1, embedding_dim=d, num_embeddings=n)
+  prior_cfg = PRIOR
   tprior = diffusers.PriorTransformer(**prior_cfg)
-  tdec = diffusers.UNet2DConditionModel(
-      sample_size=8, layers_per_block=1, down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-      up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-      mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=c, in_channels=3, out_channels=6,
-      cross_attention_dim=48, class_embed_type="identity", attention_head_dim=16,
-      resnet_time_scale_shift="scale_shift", norm_num_groups=8)
+  tdec = diffusers.UNet2DConditionModel(**decoder_unet(8))
   tproj = UnCLIPTextProjModel(clip_embeddings_dim=d, time_embed_dim=4 * c[0], cross_attention_dim=48)
   first, last = diffusers.UNet2DModel(**SR), diffusers.UNet2DModel(**SR)
   with torch.no_grad():

@@ -14,7 +14,7 @@ import pytest
 from unclip_jax.models import clip as clip_model
 from unclip_jax.models.tokenizer import tokenize
 
-# open_clip's models built with pretrained=None (tests/test_clip_parity.py checks ViT-B/32 against it too).
+# open_clip's models built with pretrained=None (tests/parity/test_clip_parity.py checks ViT-B/32 against it too).
 PUBLISHED = {"ViT-B/32": 151_277_313, "ViT-B/16": 149_620_737, "ViT-L/14": 427_616_513}
 TINY = clip_model.PRESETS["tiny"].replace(vision_layers=1, text_layers=1)
 
@@ -100,7 +100,7 @@ def test_normalize_images():
 
 @pytest.mark.parametrize("preset", ["tiny", "vit_b32", "vit_l14"])
 def test_configs_file_presets_build_models(preset):
-  path = Path(__file__).resolve().parents[1] / "configs" / "clip.py"
+  path = Path(__file__).resolve().parents[2] / "configs" / "clip.py"
   spec = importlib.util.spec_from_file_location("configs_clip", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

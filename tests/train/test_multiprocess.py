@@ -12,7 +12,7 @@ import pytest
 
 from unclip_jax.data import prepare
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

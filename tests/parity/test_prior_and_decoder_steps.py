@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import C, decoder_unet
 from unclip_jax import diffusion
 from unclip_jax.convert.karlo import convert_state_dict
 from unclip_jax.models.prior import PriorTransformer, init_variables
@@ -21,7 +22,6 @@ from unclip_jax.models.unet import Decoder, TextProj, UNet, init_decoder
 
 pytestmark = pytest.mark.peers
 
-C = (32, 64)
 D, N = 12, 5  # CLIP embedding width and text length
 STEP = 12  # sampling step i of 25 (t = 500), where the network output dominates the update
 
@@ -103,12 +103,7 @@ def test_guided_decoder_step_matches_pipeline():
   diffusers, torch = _setup()
   from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
 
-  tu = diffusers.UNet2DConditionModel(
-      sample_size=16, layers_per_block=1, down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-      up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-      mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=C, in_channels=3, out_channels=6,
-      cross_attention_dim=48, class_embed_type="identity", attention_head_dim=16,
-      resnet_time_scale_shift="scale_shift", norm_num_groups=8)
+  tu = diffusers.UNet2DConditionModel(**decoder_unet(16))
   tp = UnCLIPTextProjModel(clip_embeddings_dim=D, time_embed_dim=4 * C[0], cross_attention_dim=48)
   _randomise(torch, tu, tp)
   scheduler = diffusers.UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon",

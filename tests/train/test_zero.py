@@ -5,9 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tests.test_train_loop import data_dir, leaves, tiny_config  # noqa: F401 (fixture)
+from tests.helpers import assert_same_run, losses, tiny_clip_config as tiny_config
 from unclip_jax.train import loop, optim, zero
-from unclip_jax.train.metrics import read_metrics
 
 
 def test_sharded_adamw_equals_optax_adamw_with_clipping():
@@ -42,20 +41,16 @@ def test_sharded_adamw_equals_optax_adamw_with_clipping():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-def test_training_with_sharded_optimizer_follows_the_replicated_run(data_dir, tmp_path):  # noqa: F811
+def test_training_with_sharded_optimizer_follows_the_replicated_run(data_dir, tmp_path):
   replicated = loop.train(tiny_config(data_dir, **{"train.steps": 4}), tmp_path / "rep", progress=False)
   sharded = loop.train(tiny_config(data_dir, **{"train.steps": 4, "train.shard_optimizer": True}), tmp_path / "zero",
                        progress=False)
-  a = [r["loss"] for r in read_metrics(tmp_path / "rep")]
-  b = [r["loss"] for r in read_metrics(tmp_path / "zero")]
-  np.testing.assert_allclose(a, b, rtol=1e-4)
-  for x, y in zip(leaves(replicated.state.params), leaves(sharded.state.params)):
-    np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5)
+  b = assert_same_run(tmp_path / "zero", sharded.state.params, tmp_path / "rep", replicated.state.params,
+                      loss_rtol=1e-4, rtol=1e-3, atol=1e-5)
   assert sharded.state.opt_state["mu"].shape[0] == jax.local_device_count()
   # A sharded run stopped at step 2 and resumed ends exactly where the uninterrupted one did.
   config = tiny_config(data_dir, **{"train.steps": 4, "train.shard_optimizer": True})
   assert loop.train(config, tmp_path / "zero2", stop_after=2, progress=False).final_step == 2
   resumed = loop.train(config, tmp_path / "zero2", progress=False)
-  assert resumed.start_step == 2 and [r["loss"] for r in read_metrics(tmp_path / "zero2")] == b
-  for x, y in zip(leaves(resumed.state), leaves(sharded.state)):
-    np.testing.assert_array_equal(x, y)
+  assert resumed.start_step == 2 and losses(tmp_path / "zero2") == b
+  assert_same_run(tmp_path / "zero2", resumed.state, tmp_path / "zero", sharded.state)

@@ -1,8 +1,7 @@
-"""`python -m unclip_jax.sample` and `unclip_jax.pipeline` end to end on a tiny random-weight pipeline.
-
-The pipeline folder is written once per module; the CLI runs in-process (its pipeline cache keeps the
-compiled stage programs between calls), except one subprocess run that checks the bare error line.
-"""
+"""`python -m unclip_jax.sample` end to end on a tiny random-weight pipeline: text to image, sidecars,
+the applications (variations, interpolate, textdiff, --invert) and bad input. The CLI runs in-process (its
+pipeline cache keeps the compiled programs between tests), except one subprocess run that checks the bare
+error line."""
 
 from __future__ import annotations
 
@@ -19,21 +18,6 @@ from PIL import Image
 from unclip_jax import pipeline as P
 from unclip_jax import sample
 from unclip_jax.errors import run_cli
-
-
-@pytest.fixture(scope="module")
-def pipe_dir(tmp_path_factory):
-  return P.make_random_pipeline(tmp_path_factory.mktemp("pipe") / "tiny", "tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-  d = tmp_path_factory.mktemp("img")
-  rng = np.random.default_rng(0)
-  Image.fromarray((rng.random((40, 50, 3)) * 255).astype(np.uint8)).save(d / "a.png")
-  Image.fromarray((rng.random((30, 30, 3)) * 255).astype(np.uint8)).save(d / "b.jpg")
-  (d / "not_an_image.png").write_text("hello")
-  return d
 
 
 def cli(argv, capsys):
@@ -134,32 +118,6 @@ def test_textdiff_with_trajectory(pipe_dir, images, tmp_path, capsys):
   assert json.loads((out / "0001.json").read_text())["strength"] == 0.5
 
 
-def test_textdiff_and_slerp_math():
-  rng = np.random.default_rng(0)
-  a, b = rng.normal(size=(2, 8)).astype(np.float32)
-  np.testing.assert_array_equal(P.slerp(a, b, 0.0), a)
-  np.testing.assert_array_equal(P.slerp(a, b, 1.0), b)
-  mid = P.slerp(a, b, 0.5)
-  assert np.isclose(np.linalg.norm(mid), (np.linalg.norm(a) + np.linalg.norm(b)) / 2, rtol=1e-5)
-  ua, ub, um = (v / np.linalg.norm(v) for v in (a, b, mid))
-  assert np.isclose(um @ ua, um @ ub, atol=1e-5)  # halfway along the great circle
-  z = sample.textdiff_embeddings(a, b, b + 2 * a, [0.0, 1.0])
-  np.testing.assert_array_equal(z[0], a)
-  np.testing.assert_allclose(z[1], a / np.linalg.norm(a) * np.linalg.norm(a), rtol=1e-5)  # direction of +a
-  with pytest.raises(ValueError, match="same text embedding"):
-    sample.textdiff_embeddings(a, b, b, [0.5])
-
-
-def test_bicubic_matches_diffusers_interpolate():
-  """The SR conditioning image: F.interpolate(bicubic, align_corners=False, antialias=True)."""
-  torch = pytest.importorskip("torch")
-  x = np.random.default_rng(0).normal(size=(2, 5, 5, 3)).astype(np.float32)
-  ours = np.asarray(P.upsample_bicubic(x, 20))
-  ref = torch.nn.functional.interpolate(torch.tensor(x.transpose(0, 3, 1, 2)), size=[20, 20], mode="bicubic",
-                                        align_corners=False, antialias=True).numpy().transpose(0, 2, 3, 1)
-  np.testing.assert_allclose(ours, ref, atol=1e-5)
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--prompt", ""], "prompt is empty"),
     (["--prompts-file", "{tmp}/missing.txt"], "prompts file"),
@@ -212,103 +170,6 @@ def test_cli_error_in_subprocess_has_no_traceback(tmp_path):
   assert not (tmp_path / "o").exists()
 
 
-def test_assemble_writes_karlo_defaults(pipe_dir, tmp_path, capsys):
-  from unclip_jax.pipeline import main as pipeline_main
-
-  out = tmp_path / "assembled"
-  stages = ["--clip", pipe_dir / "clip", "--prior", pipe_dir / "prior", "--decoder", pipe_dir / "decoder",
-            "--sr-64-256", pipe_dir / "sr_64_256", "--sr-64-256-last", pipe_dir / "sr_64_256_last"]
-  with pytest.raises(SystemExit) as e:
-    run_cli(pipeline_main, ["assemble", *map(str, stages), "--out", str(out)])
-  assert e.value.code == 0
-  info = P.read_pipeline(out)
-  s = info["sampling"]
-  assert (s["prior"].steps, s["decoder"].steps, s["sr_64_256"].steps) == ("25", "25", "7")
-  assert (s["prior"].guidance_scale, s["decoder"].guidance_scale) == (4.0, 8.0)
-  assert set(info["paths"]) == {"clip", "prior", "decoder", "sr_64_256", "sr_64_256_last"}
-  with pytest.raises(SystemExit) as e:  # a stage of the wrong kind is named
-    run_cli(pipeline_main, ["assemble", "--clip", str(pipe_dir / "prior"), *map(str, stages[2:]),
-                            "--out", str(tmp_path / "bad")])
-  assert e.value.code == 2 and "a clip checkpoint is needed" in capsys.readouterr().err
-  assert not (tmp_path / "bad").exists()
-
-
-def test_ema_weights_are_used_when_present(tmp_path):
-  from unclip_jax.checkpoint import read_stage, save_stage
-
-  kind, config = P.random_stage_configs("tiny")["prior"]
-  params, ema = P.random_params("prior", kind, config, 0), P.random_params("prior", kind, config, 1)
-  save_stage(tmp_path / "with_ema", {"params": params, "ema": ema}, kind=kind, config=config, extra={"ema": True})
-  save_stage(tmp_path / "plain", params, kind=kind, config=config)
-  said = []
-  meta = read_stage(tmp_path / "with_ema")
-  for use_ema, want in ((True, ema), (False, params)):
-    tree, which = P.load_stage_tree(tmp_path / "with_ema", kind, meta, ema=use_ema, log=said.append)
-    assert which == ("ema" if use_ema else "params")
-    np.testing.assert_array_equal(tree["params"]["prd_embedding"], want["params"]["prd_embedding"])
-  assert not said
-  tree, which = P.load_stage_tree(tmp_path / "plain", kind, read_stage(tmp_path / "plain"), ema=True,
-                                  log=said.append)
-  assert which == "params" and said == ["plain: no EMA weights in this checkpoint; using its params"]
-
-
-def test_init_random_refuses_a_non_empty_folder(tmp_path, capsys):
-  (tmp_path / "x").mkdir()
-  (tmp_path / "x" / "keep.txt").write_text("mine")
-  with pytest.raises(SystemExit) as e:
-    run_cli(P.main, ["init-random", "--preset", "tiny", "--out", str(tmp_path / "x")])
-  assert e.value.code == 2 and "not empty" in capsys.readouterr().err
-  assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["keep.txt"]
-
-
-def test_last_upsampler_step_uses_the_last_model():
-  """Karlo: every SR step but the last uses sr_64_256, the last one sr_64_256_last."""
-  import dataclasses
-
-  import jax
-
-  pipe = P.Pipeline.random("tiny", seed=3, log=lambda m: None)
-  sr = pipe.srs[0]
-  first, last = sr.params, sr.last_params
-  assert last is not None
-  low = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
-  keys = P.image_keys([0, 1])
-  one = {"sr_64_256": dataclasses.replace(pipe.settings()["sr_64_256"], steps="1")}
-  with_last = pipe.upsample(low, keys, one)
-  sr.params, sr.last_params = last, None
-  only_last = pipe.upsample(low, keys, one)
-  sr.params = first
-  only_first = pipe.upsample(low, keys, one)
-  assert with_last.shape == (2, 64, 64, 3)
-  np.testing.assert_array_equal(with_last, only_last)  # a single step is the last step
-  assert np.abs(with_last - only_first).max() > 1e-3
-  assert jax.tree.structure(first) == jax.tree.structure(last)
-
-
-def test_one_program_per_call_equals_the_stages_run_one_by_one(pipe_dir):
-  """generate() compiles text encoder, prior, decoder and upsampler into one program, reused per batch,
-  and draws what the stage programs draw when run one after another on the same keys."""
-  pipe = P.Pipeline.load(pipe_dir, log=lambda m: None)
-  settings = pipe.settings()
-  prompts, seeds = ["a red square", "a blue circle", "a cat", "a dog"], [1, 2, 3, 4]
-  r = pipe.generate(prompts, seeds, settings, batch=8)
-  assert [t["stage"] for t in pipe.timings] == ["text → prior 4 → decoder 4 → sr_64_256 3"]
-  assert pipe.timings[0]["compile_s"] > 0
-  pipe.timings = []
-  twice = pipe.generate(prompts[:2] * 2, seeds[:2] * 2, settings, batch=2)  # 2 batches padded to 8 rows
-  assert [(t["rows"], t["compile_s"]) for t in pipe.timings] == [(8, 0.0), (8, 0.0)]  # the same program again
-  np.testing.assert_array_equal(twice["images"][:2], twice["images"][2:])
-
-  keys = P.image_keys(seeds)
-  text = pipe.encode_text(prompts, rows=8)
-  emb = pipe.sample_prior(text, keys, settings["prior"], rows=8)
-  small = pipe.decode(emb, text, keys, settings["decoder"], rows=8)
-  big = P.to_uint8(pipe.upsample(small, keys, settings, rows=8))
-  np.testing.assert_allclose(r["image_embeds"], emb, atol=1e-5)
-  np.testing.assert_allclose(r["small"], small, atol=1e-4)
-  assert np.abs(r["images"].astype(int) - big).max() <= 1
-
-
 def test_textdiff_and_interpolate_invert_decode_from_the_images_ddim_latents(pipe_dir, images, tmp_path, capsys,
                                                                              monkeypatch):
   """--invert: every strength of a text diff starts from the image's DDIM latent, and an interpolation row
@@ -353,16 +214,3 @@ def test_textdiff_and_interpolate_invert_decode_from_the_images_ddim_latents(pip
   code, _, err = cli(["textdiff", images / "a.png", "--from", "a", "--to", "b", "--invert", "--sampler", "ddpm",
                       "--checkpoint", pipe_dir, "--out", tmp_path / "ddpm"], capsys)
   assert code == 2 and "drop --sampler ddpm" in err
-
-
-def test_pipeline_benchmark_reports_the_one_program_and_the_stages():
-  from unclip_jax.bench import pipeline as bench
-
-  steps = {"prior": {"steps": "2"}, "decoder": {"steps": "2"}, "sr_64_256": {"steps": "2"}}
-  report = bench.run("tiny", [3], overrides=steps, stages=True, repeats=2, log=lambda m: None)
-  (row,) = report["results"]
-  assert row["rows"] == 8 and row["repeats"] == 2 and row["finite"]  # 3 images padded to the 8 devices
-  assert row["program"] == "text → prior 2 → decoder 2 → sr_64_256 2"
-  assert row["compile_s"] > 0 and 0 < row["sampling_s"] <= row["wall_s"]
-  assert set(row["stages"]) == {"clip_text", "prior", "decoder", "upsamplers"}
-  assert all(v["compile_s"] > 0 for v in row["stages_first_call"].values()) and row["stages_wall_s"] > 0

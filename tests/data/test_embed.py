@@ -9,12 +9,15 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from unclip_jax import embed
 from unclip_jax.checkpoint import save_stage
 from unclip_jax.data import embedded, pipeline, prepare
 from unclip_jax.errors import UserError, run_cli
+from unclip_jax.images import fit_image
 from unclip_jax.models import clip as clip_model
+from unclip_jax.models import clip_encoder
 from unclip_jax.models.tokenizer import Tokenizer
 
 CONFIG = clip_model.PRESETS["tiny"].replace(vision_layers=1, text_layers=1)
@@ -95,7 +98,7 @@ def test_metadata_names_the_checkpoint_and_source_and_holds_embedding_statistics
   meta = embedded.load_metadata(data, "tiny")
   assert meta["clip"]["checkpoint"] == str((root / "clip").absolute())
   assert meta["clip"]["config"] == json.loads(json.dumps(CONFIG.to_dict()))
-  assert meta["clip"]["params_sha256"] == embedded.params_sha256(params)
+  assert meta["clip"]["params_sha256"] == clip_encoder.params_sha256(params)
   assert meta["source"]["name"] == "shapes" and meta["source"]["config"] == source_config
   assert meta["states_dtype"] == "float16" and meta["num_examples"] == 32
   assert meta["splits"]["train"]["truncated_captions"] == 0  # shapes captions fit in 16 tokens
@@ -112,6 +115,33 @@ def test_metadata_names_the_checkpoint_and_source_and_holds_embedding_statistics
   assert mean.shape == std.shape == (CONFIG.embed_dim,) and std.min() > 0
   np.testing.assert_allclose(mean, every.mean(0), rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(std, every.std(0), rtol=1e-5)
+
+
+def test_records_use_the_clip_encoder_mask_and_pixels_for_a_caption_holding_token_id_0(run, tmp_path):
+  root, _, _, params, _ = run
+  folder = tmp_path / "source"
+  folder.mkdir()
+  captions = ["wow!$ a red circle", "a blue square!%", "two green triangles"]  # '!' + punctuation: id 0
+  rng = np.random.default_rng(3)
+  for i, caption in enumerate(captions):
+    Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / f"{i}.txt").write_text(caption)
+  prepare.prepare_image_text(str(tmp_path / "data"), str(folder), name="bang", image_size=40, validation_fraction=0.0)
+  embedded.embed(checkpoint=str(root / "clip"), data_dir=str(tmp_path / "data"), dataset="image_text",
+                 dataset_config="bang", name="bang", batch_size=2)  # 40-pixel images through a 32-pixel CLIP
+  records = pipeline.open_source(tmp_path / "data", "embedded", "train", "bang")
+  rows = [records[i] for i in range(len(records))]
+  tokens, masks = np.stack([r["tokens"] for r in rows]), np.stack([r["text_mask"] for r in rows])
+  stored = [r["caption"].decode() for r in rows]
+  assert sorted(stored) == sorted(captions) and masks.dtype == bool
+  np.testing.assert_array_equal(masks, clip_encoder.text_mask(tokens))
+  np.testing.assert_array_equal(masks.sum(1), [len(Tokenizer().encode(c)) + 2 for c in stored])
+  assert sum((t[m] == 0).any() for t, m in zip(tokens, masks)) == 2  # id 0 inside two masked captions
+  assert not np.array_equal(masks, tokens != 0)
+  pixels = np.stack([clip_encoder.clip_pixels(r["image"], CONFIG.image_size) for r in rows])
+  want = _forward(params, CONFIG, clip_model.normalize_images(pixels, CONFIG), tokens)
+  np.testing.assert_allclose(np.stack([r["image_embedding"] for r in rows]), want["image_embeds"], atol=1e-5)
+  np.testing.assert_allclose(np.stack([r["text_embedding"] for r in rows]), want["text_embeds"], atol=1e-5)
 
 
 def test_an_existing_name_is_refused_and_left_untouched(run, capsys):
@@ -135,10 +165,8 @@ def test_float32_states_and_images_resized_to_the_clip_size(run, tmp_path, capsy
   records = pipeline.open_source(tmp_path, "embedded", "heldout", "small")
   rows = [records[i] for i in range(len(records))]
   assert rows[0]["image"].shape == (32, 32, 3)  # the stored image stays the original
-  pixels = jax.image.resize(np.stack([r["image"] for r in rows]).astype(np.float32) / 255.0, (8, 16, 16, 3),
-                            method="bicubic", antialias=True)
-  want = _forward(params, SMALL, clip_model.normalize_images(np.clip(pixels, 0, 1), SMALL),
-                  np.stack([r["tokens"] for r in rows]))
+  pixels = np.stack([fit_image(r["image"], 16) for r in rows])  # the one policy: PIL bicubic, uint8
+  want = _forward(params, SMALL, clip_model.normalize_images(pixels, SMALL), np.stack([r["tokens"] for r in rows]))
   np.testing.assert_allclose(np.stack([r["image_embedding"] for r in rows]), want["image_embeds"], atol=1e-5)
   states = np.stack([r["text_states"] for r in rows])
   assert states.dtype == np.float32

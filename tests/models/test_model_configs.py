@@ -1,6 +1,6 @@
 """Prior / decoder / upsampler presets: parameter counts (jax.eval_shape, nothing allocated) vs published sizes.
 
-Published figures (anchors_unclip.md b1/b2) are rounded ("1B", "900M", "700M", "300M"), so each preset
+Published figures (the unCLIP paper's Table 3, Karlo's model card) are rounded ("1B", "900M", "700M", "300M"), so each preset
 carries a tolerance: 2% by default, wider only where the architecture as published cannot land within 2%
 of the rounded figure; the measured deviation is written next to it. The karlo presets are also checked
 for exact equality with diffusers' models built from the Karlo conversion configs on torch's meta device.
@@ -20,7 +20,7 @@ import pytest
 from unclip_jax.models import prior as prior_lib
 from unclip_jax.models import unet as unet_lib
 
-ROOT = pathlib.Path(__file__).parents[1]
+ROOT = pathlib.Path(__file__).parents[2]
 
 
 def load_config(name, arg):

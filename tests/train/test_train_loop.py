@@ -4,36 +4,18 @@ checkpoints, and the CLI's handling of bad input."""
 import os
 import signal
 
-import jax
 import numpy as np
 import pytest
 
-from unclip_jax.data import prepare
 from unclip_jax.errors import UserError, run_cli
 from unclip_jax.train import __main__ as train_cli
-from unclip_jax.train import config_loader, loop
+from unclip_jax.train import loop
 from unclip_jax.train.metrics import read_metrics
 
-CONFIG = "configs/clip.py:tiny"
+from tests.helpers import CLIP_CONFIG, assert_same_run, tiny_clip_config
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("data")
-  builder = prepare.prepare_shapes(str(root), image_size=32, train_size=64, heldout_size=8)
-  return str(root), builder.builder_config.name
-
-
-def tiny_config(data_dir, **overrides):
-  root, name = data_dir
-  config = config_loader.load_config_file(CONFIG)
-  settings = {"data.data_dir": root, "data.config": name, "train.steps": 6, "train.batch_size": 16,
-              "train.log_every": 1, "train.checkpoint_every": 2, **overrides}
-  return config_loader.apply_overrides(config, [f"{k}={v}" for k, v in settings.items()])
-
-
-def leaves(tree):
-  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+CONFIG = CLIP_CONFIG
+tiny_config = tiny_clip_config
 
 
 def test_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_path):
@@ -43,11 +25,7 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_path):
   assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["2", "3"]
   second = loop.train(tiny_config(data_dir), tmp_path / "resumed", progress=False)
   assert second.start_step == 3 and second.final_step == 6
-  a = [r["loss"] for r in read_metrics(tmp_path / "straight")]
-  b = [r["loss"] for r in read_metrics(tmp_path / "resumed")]
-  assert len(a) == 6 and a == b  # same data order, same randomness: identical losses
-  for x, y in zip(leaves(straight.state), leaves(second.state)):
-    np.testing.assert_array_equal(x, y)
+  assert len(assert_same_run(tmp_path / "straight", straight.state, tmp_path / "resumed", second.state)) == 6
   assert (tmp_path / "straight" / "export" / "stage.json").is_file()
 
 
@@ -55,11 +33,8 @@ def test_one_device_and_eight_devices_give_the_same_loss_curve(data_dir, tmp_pat
   eight = loop.train(tiny_config(data_dir, **{"train.steps": 4}), tmp_path / "eight", progress=False)
   one = loop.train(tiny_config(data_dir, **{"train.steps": 4, "train.num_devices": 1}), tmp_path / "one",
                    progress=False)
-  a = [r["loss"] for r in read_metrics(tmp_path / "eight")]
-  b = [r["loss"] for r in read_metrics(tmp_path / "one")]
-  np.testing.assert_allclose(a, b, rtol=2e-4)
-  for x, y in zip(leaves(eight.state.params), leaves(one.state.params)):
-    np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-5)
+  assert_same_run(tmp_path / "eight", eight.state.params, tmp_path / "one", one.state.params, loss_rtol=2e-4,
+                  rtol=2e-3, atol=2e-5)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
@@ -126,7 +101,7 @@ def test_a_workdir_of_another_run_is_refused_untouched(data_dir, tmp_path):
     (["--workdir", "W"], "the following arguments are required: --config"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys, monkeypatch):
-  monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
   args = [a.replace("W", str(tmp_path / "w")) if a == "W" else a for a in args]
   with pytest.raises(SystemExit) as e:
     run_cli(train_cli.main, args)

@@ -7,19 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import C, decoder_unet, sr_unet
 from unclip_jax.convert.karlo import convert_state_dict
 from unclip_jax.models.unet import Decoder, TextProj, UNet, init_decoder, init_unet
 
-C = (32, 64)
-DEC_TORCH = dict(sample_size=16, layers_per_block=1,
-                 down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-                 up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-                 mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=C, in_channels=3, out_channels=6,
-                 cross_attention_dim=48, class_embed_type="identity", attention_head_dim=16,
-                 resnet_time_scale_shift="scale_shift", norm_num_groups=8)
-SR_TORCH = dict(sample_size=16, layers_per_block=1, down_block_types=("ResnetDownsampleBlock2D",) * 2,
-                up_block_types=("ResnetUpsampleBlock2D",) * 2, block_out_channels=C, in_channels=6, out_channels=3,
-                add_attention=False, norm_num_groups=8)
+DEC_TORCH = decoder_unet(16)
+SR_TORCH = sr_unet(16)
 
 
 def decoder(**kw):

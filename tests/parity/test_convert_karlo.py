@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import C, PRIOR, decoder_unet, sr_unet
 from unclip_jax import checkpoint
 from unclip_jax.convert.__main__ import main as convert_main
 from unclip_jax.errors import UserError
@@ -19,17 +20,8 @@ from unclip_jax.models import unet as unet_lib
 
 pytestmark = pytest.mark.peers
 
-C = (32, 64)
-PRIOR = dict(num_attention_heads=2, attention_head_dim=8, num_layers=1, embedding_dim=24, num_embeddings=5)
-DECODER = dict(sample_size=16, layers_per_block=1,
-               down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-               up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-               mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=C, in_channels=3, out_channels=6,
-               cross_attention_dim=48, class_embed_type="identity", attention_head_dim=16,
-               resnet_time_scale_shift="scale_shift", norm_num_groups=8)
-SR = dict(sample_size=16, layers_per_block=1, down_block_types=("ResnetDownsampleBlock2D",) * 2,
-          up_block_types=("ResnetUpsampleBlock2D",) * 2, block_out_channels=C, in_channels=6, out_channels=3,
-          add_attention=False, norm_num_groups=8)
+DECODER = decoder_unet(16)
+SR = sr_unet(16)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,59 @@
+"""Pipeline folders: assembling, the pipeline CLI, EMA selection when loading a stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unclip_jax import pipeline as P
+from unclip_jax.errors import run_cli
+from unclip_jax.pipeline import __main__ as pipeline_cli
+
+
+def test_assemble_writes_karlo_defaults(pipe_dir, tmp_path, capsys):
+  from unclip_jax.pipeline.__main__ import main as pipeline_main
+
+  out = tmp_path / "assembled"
+  stages = ["--clip", pipe_dir / "clip", "--prior", pipe_dir / "prior", "--decoder", pipe_dir / "decoder",
+            "--sr-64-256", pipe_dir / "sr_64_256", "--sr-64-256-last", pipe_dir / "sr_64_256_last"]
+  with pytest.raises(SystemExit) as e:
+    run_cli(pipeline_main, ["assemble", *map(str, stages), "--out", str(out)])
+  assert e.value.code == 0
+  info = P.read_pipeline(out)
+  s = info["sampling"]
+  assert (s["prior"].steps, s["decoder"].steps, s["sr_64_256"].steps) == ("25", "25", "7")
+  assert (s["prior"].guidance_scale, s["decoder"].guidance_scale) == (4.0, 8.0)
+  assert set(info["paths"]) == {"clip", "prior", "decoder", "sr_64_256", "sr_64_256_last"}
+  with pytest.raises(SystemExit) as e:  # a stage of the wrong kind is named
+    run_cli(pipeline_main, ["assemble", "--clip", str(pipe_dir / "prior"), *map(str, stages[2:]),
+                            "--out", str(tmp_path / "bad")])
+  assert e.value.code == 2 and "a clip checkpoint is needed" in capsys.readouterr().err
+  assert not (tmp_path / "bad").exists()
+
+
+def test_ema_weights_are_used_when_present(tmp_path):
+  from unclip_jax.checkpoint import read_stage, save_stage
+
+  kind, config = P.random_stage_configs("tiny")["prior"]
+  params, ema = P.random_params("prior", kind, config, 0), P.random_params("prior", kind, config, 1)
+  save_stage(tmp_path / "with_ema", {"params": params, "ema": ema}, kind=kind, config=config, extra={"ema": True})
+  save_stage(tmp_path / "plain", params, kind=kind, config=config)
+  said = []
+  meta = read_stage(tmp_path / "with_ema")
+  for use_ema, want in ((True, ema), (False, params)):
+    tree, which = P.load_stage_tree(tmp_path / "with_ema", kind, meta, ema=use_ema, log=said.append)
+    assert which == ("ema" if use_ema else "params")
+    np.testing.assert_array_equal(tree["params"]["prd_embedding"], want["params"]["prd_embedding"])
+  assert not said
+  tree, which = P.load_stage_tree(tmp_path / "plain", kind, read_stage(tmp_path / "plain"), ema=True,
+                                  log=said.append)
+  assert which == "params" and said == ["plain: no EMA weights in this checkpoint; using its params"]
+
+
+def test_init_random_refuses_a_non_empty_folder(tmp_path, capsys):
+  (tmp_path / "x").mkdir()
+  (tmp_path / "x" / "keep.txt").write_text("mine")
+  with pytest.raises(SystemExit) as e:
+    run_cli(pipeline_cli.main, ["init-random", "--preset", "tiny", "--out", str(tmp_path / "x")])
+  assert e.value.code == 2 and "not empty" in capsys.readouterr().err
+  assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["keep.txt"]

@@ -1,0 +1,130 @@
+"""The pipeline folder format (docs/architecture.md, "Folders"): reading and checking it, assembling one
+from stage checkpoints, and restoring a stage's parameter tree.
+
+    DIR/pipeline.json   {"kind": "unclip_pipeline", "format": 1, "preset", "stages": {name: relative path},
+                         "sampling": {stage: {steps, sampler, eta, guidance_scale, clip_x0, dynamic_threshold}}}
+    DIR/clip/ prior/ decoder/ sr_64_256/ [sr_64_256_last/] [sr_256_1024/]   stage checkpoints (checkpoint.py)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from unclip_jax.checkpoint import load_stage_params, read_stage
+from unclip_jax.diffusion.config import diffusion_config
+from unclip_jax.errors import UserError
+from unclip_jax.io import write_text_atomic
+from unclip_jax.models import registry
+from unclip_jax.pipeline.settings import DIFFUSION_STAGES, StageSampling, check_sampling
+
+PIPELINE_FILE = "pipeline.json"
+FORMAT_VERSION = 1
+# stage name -> stage checkpoint kind; required stages first
+STAGE_KINDS = {"clip": "clip", "prior": "prior", "decoder": "decoder", "sr_64_256": "upsampler",
+               "sr_64_256_last": "upsampler", "sr_256_1024": "upsampler"}
+REQUIRED = ("clip", "prior", "decoder", "sr_64_256")
+
+
+def _read_meta(folder: Path) -> dict:
+  if not folder.is_dir():
+    raise UserError(f"pipeline folder {folder} does not exist")
+  meta_path = folder / PIPELINE_FILE
+  if not meta_path.is_file():
+    kind = ""
+    if (folder / "stage.json").is_file():
+      kind = " (it is a single stage checkpoint; build a pipeline with `python -m unclip_jax.pipeline assemble`)"
+    raise UserError(f"{folder} is not a pipeline folder: no {PIPELINE_FILE}{kind}")
+  try:
+    meta = json.loads(meta_path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f"{meta_path} is not valid JSON ({getattr(e, 'msg', e)})") from None
+  if not isinstance(meta, dict) or meta.get("kind") != "unclip_pipeline" or not isinstance(meta.get("stages"), dict):
+    raise UserError(f"{meta_path} is not an unclip_jax pipeline file (needs kind 'unclip_pipeline' and 'stages')")
+  stages = meta["stages"]
+  missing = [s for s in REQUIRED if not stages.get(s)]
+  if missing:
+    raise UserError(f"{meta_path} names no folder for stage(s): {', '.join(missing)}")
+  unknown = sorted(set(stages) - set(STAGE_KINDS))
+  if unknown:
+    raise UserError(f"{meta_path} has unknown stage(s): {', '.join(unknown)}")
+  return meta
+
+
+def read_pipeline(folder: str | os.PathLike) -> dict:
+  """Reads and checks pipeline.json and every stage folder's kind; UserError naming what is wrong.
+
+  Returns {"meta": pipeline.json, "paths": {stage: folder}, "stages": {stage: stage.json},
+  "sampling": {diffusion stage: StageSampling}} (each stage's own defaults under pipeline.json's)."""
+  folder = Path(folder)
+  meta = _read_meta(folder)
+  paths, stage_meta = {}, {}
+  for name, rel in meta["stages"].items():
+    if not rel:
+      continue
+    path = (folder / rel) if not os.path.isabs(rel) else Path(rel)
+    if not path.is_dir():
+      raise UserError(f"pipeline stage {name}: folder {path} does not exist")
+    stage_meta[name] = read_stage(path, kind=STAGE_KINDS[name])
+    paths[name] = path
+  sampling = {}
+  for stage in DIFFUSION_STAGES:
+    if stage not in paths:
+      continue
+    base = stage_meta[stage].get("config", {}).get("diffusion", {}).get("sample", {})
+    merged = {**base, **(meta.get("sampling", {}).get(stage) or {})}
+    try:
+      sampling[stage] = check_sampling(StageSampling.from_dict(merged), stage)
+    except (TypeError, KeyError) as e:
+      raise UserError(f"{folder / PIPELINE_FILE}: bad sampling settings for {stage} ({e})") from None
+  return {"meta": meta, "paths": paths, "stages": stage_meta, "sampling": sampling}
+
+
+def write_pipeline_json(out: Path, stages: dict[str, str], sampling: dict, preset: str, extra=None) -> None:
+  meta = {"kind": "unclip_pipeline", "format": FORMAT_VERSION, "preset": preset, "stages": stages,
+          "sampling": sampling, **(extra or {})}
+  write_text_atomic(out / PIPELINE_FILE, json.dumps(meta, indent=2, sort_keys=True))
+
+
+def assemble(out: str | os.PathLike, stage_dirs: dict[str, str | None], *, preset: str = "karlo",
+             sampling: dict | None = None) -> Path:
+  """Writes `out/pipeline.json` pointing at existing stage folders (stored relative to `out`; no copy).
+
+  Sampling defaults are the Karlo ones (25/25/7 steps, guidance 4 and 8) unless `preset` is "paper".
+  """
+  out = Path(out)
+  if (out / PIPELINE_FILE).exists():
+    raise UserError(f"{out / PIPELINE_FILE} already exists; choose another --out folder")
+  missing = [s for s in REQUIRED if not stage_dirs.get(s)]
+  if missing:
+    raise UserError(f"assemble needs a folder for stage(s): {', '.join(missing)}")
+  for name, path in stage_dirs.items():
+    if path:
+      read_stage(path, kind=STAGE_KINDS[name])
+  flavour = "paper" if preset == "paper" else "karlo"
+  defaults = {s: StageSampling.from_dict(diffusion_config(s, flavour).sample.to_dict()).to_dict()
+              for s in DIFFUSION_STAGES if stage_dirs.get(s)}
+  for s, d in (sampling or {}).items():
+    defaults[s] = {**defaults.get(s, {}), **d}
+  out.mkdir(parents=True, exist_ok=True)
+  rel = {n: os.path.relpath(Path(p).absolute(), out.absolute()) for n, p in stage_dirs.items() if p}
+  write_pipeline_json(out, rel, defaults, preset)
+  return out
+
+
+def load_stage_tree(path: Path, kind: str, meta: dict, *, ema: bool, log: Callable[[str], None]):
+  """Restores a stage's parameter tree → (tree, "ema" | "params"). A checkpoint whose stage.json says
+  `"ema": true` stores {"params": TREE, "ema": TREE}; `ema` picks the EMA copy (falling back to params,
+  with a message, where there is none)."""
+  try:
+    abstract = registry.abstract_params(kind, registry.model_dict(kind, meta["config"]))
+  except (KeyError, TypeError, ValueError) as e:
+    raise UserError(f"{path}/stage.json has an invalid {kind} config ({type(e).__name__}: {e})") from None
+  if meta.get("ema"):
+    tree = load_stage_params(path, {"params": abstract, "ema": abstract}, kind=kind)
+    return tree["ema" if ema else "params"], ("ema" if ema else "params")
+  if ema and kind != "clip":
+    log(f"{path.name}: no EMA weights in this checkpoint; using its params")
+  return load_stage_params(path, abstract, kind=kind), "params"
