@@ -9,8 +9,17 @@ registrations fail quietly during the import: the pure-Python parts the peers us
 from __future__ import annotations
 
 import importlib
+import os
 
 import pytest
+
+REQUIRE = os.environ.get("UNCLIP_JAX_REQUIRE_PEERS") == "1"  # .ci/run sets it: a missing peer fails there
+
+
+def _skip(reason: str):
+  if REQUIRE:
+    pytest.fail(f"{reason} (UNCLIP_JAX_REQUIRE_PEERS=1 makes this a failure)", pytrace=False)
+  pytest.skip(reason, allow_module_level=True)
 
 
 def _tolerant(register):
@@ -51,9 +60,12 @@ def import_torchvision():
 
 
 def require(module_name: str):
-  """Imports a peer (`torch`, `diffusers`, `open_clip`, `guided_diffusion...`) or skips the test module."""
-  pytest.importorskip("torch", reason="parity tests need the `peers` extra")
-  import torch
+  """Imports a peer (`torch`, `diffusers`, `open_clip`, `guided_diffusion...`) or skips the test module
+  (fails it under UNCLIP_JAX_REQUIRE_PEERS=1)."""
+  try:
+    import torch
+  except ImportError as e:
+    _skip(f"parity tests need the `peers` extra (torch: {e})")
 
   torch.set_num_threads(1)
   if module_name in ("diffusers", "open_clip", "transformers") or module_name.startswith(("diffusers.", "open_clip.")):
@@ -61,4 +73,4 @@ def require(module_name: str):
   try:
     return importlib.import_module(module_name)
   except ImportError as e:
-    pytest.skip(f"parity peer {module_name} is not installed ({e}); install the `peers` extra", allow_module_level=True)
+    _skip(f"parity peer {module_name} is not installed ({e}); install the `peers` extra")

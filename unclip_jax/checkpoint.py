@@ -6,7 +6,8 @@ Layout (docs/architecture.md, "Folder formats"):
 
 Loading needs no Python config file: `stage.json` holds the model config. Writes are atomic: the folder is
 built under a temporary name beside the target and renamed into place, so a crash never leaves a
-half-written checkpoint where a reader would find it. Training runs keep their own orbax
+half-written checkpoint where a reader would find it. `stage.json` also records a checksum of every array
+(`tree_checksums`); loading verifies them, so a damaged file is named rather than silently loaded. Training runs keep their own orbax
 `CheckpointManager` (optimizer state, EMA, data iterator); this module is the exported, shareable form.
 """
 
@@ -28,6 +29,75 @@ FORMAT_VERSION = 1
 STAGE_FILE = "stage.json"
 PARAMS_DIR = "params"
 KINDS = ("clip", "prior", "decoder", "upsampler")
+CHECKSUMS = "checksums"  # stage.json: {array path: checksum} (`tree_checksums`)
+FILES = "files"  # stage.json: {file under params/: [size, sha256]}
+
+
+def _leaf_checksum(x):
+  """Two sums of an array's bits, mod 2^32 (a plain one plus the length, and a position-weighted one,
+  Fletcher style): a changed or zeroed block changes them. Computed where the array lives."""
+  import jax.numpy as jnp
+
+  x = jnp.ravel(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+  bits = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)
+  weights = (jnp.arange(bits.size, dtype=jnp.uint32) % jnp.uint32(65521)) + jnp.uint32(1)
+  return jnp.stack([jnp.sum(bits, dtype=jnp.uint32) + jnp.uint32(bits.size % (1 << 32)),
+                    jnp.sum(bits * weights, dtype=jnp.uint32)])
+
+
+_checksums_jit = None
+
+
+def tree_checksums(tree: Any) -> dict[str, str]:
+  """{array path: 16 hex digits} for every array of `tree` (host or device, sharded or not)."""
+  global _checksums_jit
+  if _checksums_jit is None:
+    _checksums_jit = jax.jit(lambda leaves: [_leaf_checksum(x) for x in leaves])
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  sums = _checksums_jit([x for _, x in flat])
+
+  def host(s):  # in a multi-process job the (replicated) sums are global arrays: read this process's copy
+    return np.asarray(s.addressable_data(0) if not s.is_fully_addressable else s)
+  return {jax.tree_util.keystr(p): "".join(f"{int(v):08x}" for v in host(s)) for (p, _), s in zip(flat, sums)}
+
+
+def file_digests(directory: Path) -> dict[str, list]:
+  """{relative path: [size, sha256]} of every file under `directory`."""
+  import hashlib
+
+  out = {}
+  for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+    out[path.relative_to(directory).as_posix()] = [path.stat().st_size, h.hexdigest()]
+  return out
+
+
+def _check_files(directory: Path, saved: Mapping[str, list], fix: str) -> None:
+  """Each file recorded at save time is there, whole and unchanged (checked before orbax reads any)."""
+  for rel, (size, digest) in saved.items():
+    path = directory / rel
+    if not path.is_file():
+      raise UserError(f"stage checkpoint {directory.parent} is damaged: {path} is missing; {fix}")
+    if path.stat().st_size != size:
+      raise UserError(f"stage checkpoint {directory.parent} is damaged: {path} has {path.stat().st_size} bytes, "
+                      f"{size} were saved (truncated?); {fix}")
+  now = file_digests(directory)
+  for rel, (_, digest) in saved.items():
+    if now[rel][1] != digest:
+      raise UserError(f"stage checkpoint {directory.parent} is damaged: {directory / rel} differs from the file "
+                      f"saved; {fix}")
+
+
+def first_mismatch(saved: Mapping[str, str], tree: Any) -> str | None:
+  """The path of the first array of `tree` whose checksum differs from `saved` (None if all agree)."""
+  now = tree_checksums(tree)
+  return next((path for path, value in saved.items() if now.get(path) != value), None)
 
 
 def _checkpointer():
@@ -63,7 +133,8 @@ def save_stage(directory: str | os.PathLike, params: Any, *, kind: str, config: 
     ckptr = _checkpointer()
     ckptr.save(staging / PARAMS_DIR, host_params)
     ckptr.wait_until_finished()
-    meta = {"kind": kind, "format": FORMAT_VERSION, "config": dict(config), **dict(extra or {})}
+    meta = {"kind": kind, "format": FORMAT_VERSION, "config": dict(config), **dict(extra or {}),
+            CHECKSUMS: tree_checksums(host_params), FILES: file_digests(staging / PARAMS_DIR)}
     (staging / STAGE_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
     if target.exists():  # overwrite: swap the old folder out only once the new one is complete
       old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
@@ -114,10 +185,14 @@ def load_stage_params(directory: str | os.PathLike, abstract_params: Any, *, kin
   """Restores the parameters of a stage checkpoint into the structure of `abstract_params`.
 
   `abstract_params` is what `jax.eval_shape(model.init, ...)["params"]` gives for the config in
-  `stage.json`. Any missing, extra or mis-shaped array is reported by its path before anything is read.
+  `stage.json`. Any missing, extra or mis-shaped array is reported by its path before anything is read;
+  unreadable files, and arrays that differ from the checksums saved with them, are a `UserError` naming
+  the checkpoint and the array.
   """
-  read_stage(directory, kind=kind)
+  meta = read_stage(directory, kind=kind)
   params_dir = Path(directory).absolute() / PARAMS_DIR
+  fix = "re-export or re-convert it, or copy it again from where it came from"
+  _check_files(params_dir, meta.get(FILES) or {}, fix)
   ckptr = _checkpointer()
   stored = ckptr.metadata(params_dir).item_metadata
   stored_shapes = _flat_shapes(stored.tree if hasattr(stored, "tree") else stored)
@@ -134,4 +209,14 @@ def load_stage_params(directory: str | os.PathLike, abstract_params: Any, *, kin
       raise UserError(f"checkpoint {directory} does not match its config: {path} has shape "
                       f"{stored_shapes[path][0]}, the config needs {shape}")
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_params)
-  return ckptr.restore(params_dir, target)
+  try:
+    params = ckptr.restore(params_dir, target)
+  except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged files
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise UserError(f"stage checkpoint {directory} is damaged: its arrays cannot be read ({type(e).__name__}: "
+                    f"{first}); {fix}") from None
+  bad = first_mismatch(meta.get(CHECKSUMS) or {}, params)
+  if bad is not None:
+    raise UserError(f"stage checkpoint {directory} is damaged: array {bad} does not match the checksum saved "
+                    f"with it; {fix}")
+  return params

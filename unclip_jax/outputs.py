@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -33,13 +34,23 @@ def trajectory_frames(pred_x0: np.ndarray, size: int, max_frames: int = 10) -> l
   return [np.repeat(np.repeat(f, k, axis=0), k, axis=1) for f in frames]
 
 
-class OutputSet:
-  """Files of one run under `out`; `commit` writes them (each atomically) and returns their paths."""
+RESULT_FILE = re.compile(r"^(grid\.png|\d{4,}(_trajectory)?\.(png|json|gif))$")
 
-  def __init__(self, out: str):
+
+class OutputSet:
+  """Files of one run under `out`; `commit` writes them (each atomically) and returns their paths. A
+  folder that holds earlier results is refused unless `overwrite` (checked at once, before slow work)."""
+
+  def __init__(self, out: str, *, overwrite: bool = False):
     self.out = Path(out)
     if self.out.exists() and not self.out.is_dir():
       raise UserError(f"--out {self.out} exists and is not a folder")
+    if not overwrite and self.out.is_dir():
+      earlier = sorted(p.name for p in self.out.iterdir() if RESULT_FILE.match(p.name))
+      if earlier:
+        raise UserError(f"--out {self.out} holds earlier results ({earlier[0]}"
+                        + (f" and {len(earlier) - 1} more" if len(earlier) > 1 else "")
+                        + "); choose another folder or pass --overwrite to replace them")
     self.files: dict[str, bytes] = {}
 
   def png(self, name: str, image: np.ndarray) -> None:

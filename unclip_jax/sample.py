@@ -40,7 +40,9 @@ MAX_IMAGES = 10_000
 
 def _common(p: argparse.ArgumentParser, *, checkpoint_required: bool = True) -> None:
   p.add_argument("--checkpoint", required=checkpoint_required, help="pipeline folder (pipeline.json + stages)")
-  p.add_argument("--out", required=True, help="output folder for PNGs, sidecars and the grid")
+  p.add_argument("--out", required=True, help="output folder for PNGs, sidecars and the grid (a folder holding "
+                 "earlier results is refused unless --overwrite)")
+  p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
   p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
   p.add_argument("--batch-size", type=int, default=None, help="images per compiled batch (default: all)")
   p.add_argument("--prior-steps", default=None, help="prior sampling steps (default: pipeline.json)")
@@ -199,7 +201,7 @@ def _start(args, log, *, invert: bool = False):
   overrides = _overrides(args)
   if invert and args.sampler == "ddpm":
     raise UserError("--invert decodes with DDIM (eta 0); drop --sampler ddpm")
-  writer = OutputSet(args.out)
+  writer = OutputSet(args.out, overwrite=args.overwrite)
   pipe = _load(args, log)
   settings = pipe.settings(overrides)
   if invert:
@@ -271,7 +273,7 @@ def run_sidecar(args, log) -> list[Path]:
   args.dtype = None if rec.get("dtype", "config") == "config" else rec["dtype"]
   args.ema = bool(rec.get("ema", True))
   args.prior_candidates = int(rec.get("prior_candidates", 1))
-  writer = OutputSet(args.out)
+  writer = OutputSet(args.out, overwrite=args.overwrite)
   pipe = _load(args, log)
   settings = {s: check_sampling(StageSampling.from_dict(d), s) for s, d in rec["settings"].items()}
   if set(settings) != set(pipe.sampling):

@@ -214,3 +214,49 @@ def test_textdiff_and_interpolate_invert_decode_from_the_images_ddim_latents(pip
   code, _, err = cli(["textdiff", images / "a.png", "--from", "a", "--to", "b", "--invert", "--sampler", "ddpm",
                       "--checkpoint", pipe_dir, "--out", tmp_path / "ddpm"], capsys)
   assert code == 2 and "drop --sampler ddpm" in err
+
+
+def test_out_holding_earlier_results_is_refused_unless_overwrite(pipe_dir, tmp_path, capsys):
+  out = tmp_path / "out"
+  argv = ["--checkpoint", pipe_dir, "--prompt", "a red square", "--out", out]
+  assert cli(argv, capsys)[0] == 0
+  before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+  code, _, err = cli(argv, capsys)
+  assert code == 2 and "holds earlier results (0000.json and 2 more)" in err and "--overwrite" in err
+  assert err.count("\n") == 1 and {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+  code, _, err = cli(argv + ["--overwrite"], capsys)
+  assert code == 0, err
+  assert all(p.stat().st_mtime_ns >= before[p.name] for p in out.iterdir())
+  (other := tmp_path / "mine").mkdir()
+  (other / "notes.txt").write_text("not a result")  # a folder with other files is fine
+  assert cli(["--checkpoint", pipe_dir, "--prompt", "x", "--out", other], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("truncate", "were saved (truncated?)"),
+    ("flip", "differs from the file saved"),
+    ("checksum", "does not match the checksum saved with it"),
+])
+def test_a_damaged_stage_checkpoint_is_named_in_one_error_line(damage, message, pipe_dir, tmp_path, capsys):
+  import shutil
+
+  copy = tmp_path / "pipe"
+  shutil.copytree(pipe_dir, copy)
+  stage = copy / "decoder"
+  data = max((p for p in (stage / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  if damage == "truncate":
+    data.write_bytes(data.read_bytes()[:1000])
+  elif damage == "flip":
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+  else:  # the files are intact but an array differs from what was saved
+    meta = json.loads((stage / "stage.json").read_text())
+    path = next(iter(meta["checksums"]))
+    meta["checksums"][path] = "f" * 16
+    (stage / "stage.json").write_text(json.dumps(meta))
+  code, _, err = cli(["--checkpoint", copy, "--prompt", "x", "--out", tmp_path / "o"], capsys)
+  lines = [l for l in err.splitlines() if l.startswith("error:")]
+  assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+  assert f"stage checkpoint {stage} is damaged" in lines[0] and message in lines[0], lines[0]
+  assert not (tmp_path / "o").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.peers import require
 from unclip_jax import applications
 from unclip_jax import pipeline as P
 
@@ -27,7 +28,7 @@ def test_textdiff_and_slerp_math():
 
 def test_bicubic_matches_diffusers_interpolate():
   """The SR conditioning image: F.interpolate(bicubic, align_corners=False, antialias=True)."""
-  torch = pytest.importorskip("torch")
+  torch = require("torch")
   x = np.random.default_rng(0).normal(size=(2, 5, 5, 3)).astype(np.float32)
   ours = np.asarray(P.upsample_bicubic(x, 20))
   ref = torch.nn.functional.interpolate(torch.tensor(x.transpose(0, 3, 1, 2)), size=[20, 20], mode="bicubic",

@@ -56,7 +56,12 @@ def test_prior_stage(data, tmp_path):
   assert not np.array_equal(ema, online)  # both copies are exported, and they differ
 
 
-def test_decoder_stage_with_sample_grid(data, tmp_path):
+def test_decoder_stage_with_sample_grid(data, tmp_path, monkeypatch):
+  from unclip_jax.train.metrics import MetricsWriter
+
+  logged_images = []
+  monkeypatch.setattr(MetricsWriter, "image", lambda self, tag, image, step: logged_images.append(
+      (tag, np.asarray(image).shape, step)))
   root, _ = data
   meta = run("configs/decoder.py:tiny", root, tmp_path / "decoder",
              **{"train.sample_every": 2, "diffusion.sample.steps": "4"})
@@ -64,6 +69,7 @@ def test_decoder_stage_with_sample_grid(data, tmp_path):
   grid = np.asarray(Image.open(tmp_path / "decoder" / "samples" / "step_00000002.png"))
   assert grid.ndim == 3 and grid.shape[0] > 16 and grid.shape[1] > 16  # 8 data images above 8 samples
   assert set(json.loads((tmp_path / "decoder" / "metrics.jsonl").read_text().splitlines()[0])) >= {"loss", "vb", "mse"}
+  assert logged_images == [("samples", grid.shape, 2)]  # the same grid, to TensorBoard
 
 
 def test_upsampler_stage(data, tmp_path):
@@ -79,3 +85,24 @@ def test_prior_stage_refuses_a_non_embedded_dataset(data, tmp_path):
 
   with pytest.raises(UserError, match="trains on an embedded dataset"):
     run("configs/prior.py:tiny", root, tmp_path / "bad", **{"data.name": "shapes", "data.config": name})
+
+
+def test_prior_stage_with_importance_sampling_resumes_exactly(data, tmp_path):
+  """loss_second_moment: the loss history counts every example of the global batch, lives in the train
+  state, and a run stopped at step 2 and resumed ends equal to the uninterrupted one, history included."""
+  from tests.helpers import assert_same_run
+  from unclip_jax.train.stages.base import LOSS_HISTORY
+
+  root, _ = data
+
+  def config():
+    c = config_loader.load_config_file("configs/prior.py:tiny")
+    settings = {"data.data_dir": str(root / "data"), "train.steps": 4, "train.batch_size": 16, "train.log_every": 1,
+                "train.checkpoint_every": 2, "diffusion.timestep_sampler": "loss_second_moment"}
+    return config_loader.apply_overrides(c, [f"{k}={v}" for k, v in settings.items()])
+  straight = loop.train(config(), tmp_path / "straight", progress=False)
+  assert int(np.asarray(straight.state.extra[LOSS_HISTORY].counts).sum()) == 4 * 16
+  assert loop.train(config(), tmp_path / "resumed", stop_after=2, progress=False).final_step == 2
+  resumed = loop.train(config(), tmp_path / "resumed", progress=False)
+  assert resumed.start_step == 2
+  assert_same_run(tmp_path / "straight", straight.state, tmp_path / "resumed", resumed.state)

@@ -20,11 +20,11 @@ from unclip_jax.diffusion.respace import space_timesteps
 from unclip_jax.diffusion.samplers import (Trajectory, ddim_step, ddpm_step, denoising_step, sample,
                                            sampling_keys)
 from unclip_jax.diffusion.schedules import SCHEDULES, get_betas
-from unclip_jax.diffusion.timestep_sampling import (LossHistory, init_loss_history, sample_timesteps,
-                                                    update_loss_history)
+from unclip_jax.diffusion.timestep_sampling import (TIMESTEP_SAMPLERS, LossHistory, init_loss_history,
+                                                    sample_timesteps, update_loss_history)
 
 __all__ = [
-    "GaussianDiffusion", "LossHistory", "SCHEDULES", "Trajectory", "check_guidance_scale", "clip_x0",
+    "GaussianDiffusion", "LossHistory", "SCHEDULES", "TIMESTEP_SAMPLERS", "Trajectory", "check_guidance_scale", "clip_x0",
     "ddim_invert", "ddim_inversion_step", "ddim_step", "ddpm_step", "denoising_step", "diffusion_config", "discretized_gaussian_log_likelihood",
     "dynamic_threshold", "get_betas", "guided_model_fn", "init_loss_history", "make_x0_denoiser", "mean_flat",
     "normal_kl", "sample", "sample_timesteps", "sampling_keys", "space_timesteps", "training_losses",

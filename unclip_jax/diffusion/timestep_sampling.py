@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-SAMPLERS = ("uniform", "loss_second_moment")
+TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
 
 
 class LossHistory(NamedTuple):

@@ -1,7 +1,9 @@
 """Run checkpoints: an orbax `CheckpointManager` under `WORKDIR/checkpoints`, saved asynchronously.
 
 Each step folder holds the train state (params, EMA, optimizer state, step, non-trained variables), the
-data iterator's state and the run's config. A run resumes from the latest step automatically. A workdir
+data iterator's state, the run's config and a checksum of every array of the state. A run resumes from
+the latest step automatically; a step whose arrays cannot be read or do not match their checksums is
+skipped with a warning, for the previous complete one. A workdir
 whose checkpoints were made by a different model, diffusion, optimizer, data or batch setting is refused
 rather than silently mixed, and nothing in it is touched.
 """
@@ -9,6 +11,9 @@ rather than silently mixed, and nothing in it is touched.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from unclip_jax.checkpoint import first_mismatch, tree_checksums
 from unclip_jax.errors import UserError
 
 # Fields that define a run: a checkpoint made with other values belongs to another run.
@@ -61,6 +67,10 @@ def _every_process(data_state: bytes) -> list[str]:
   return [bytes(gathered[i, :lengths[i]]).decode("utf-8") for i in range(len(lengths))]
 
 
+class DamagedCheckpoint(Exception):
+  """A run checkpoint whose files cannot be read or whose arrays differ from their saved checksums."""
+
+
 class RunCheckpoints:
   """Saves and restores a run's state in `workdir/checkpoints`."""
 
@@ -71,7 +81,7 @@ class RunCheckpoints:
     self.directory = Path(workdir).absolute() / "checkpoints"
     self.config = config
     self.manager = ocp.CheckpointManager(
-        self.directory, item_names=("state", "data", "config"),
+        self.directory, item_names=("state", "data", "config", "checksums"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True))
     self._check_same_run()
 
@@ -96,7 +106,25 @@ class RunCheckpoints:
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave({"iterators": _every_process(data_state or b"")}),
-        config=ocp.args.JsonSave(_json_roundtrip(self.config))), force=True)
+        config=ocp.args.JsonSave(_json_roundtrip(self.config)),
+        checksums=ocp.args.JsonSave(tree_checksums(state))), force=True)
+
+  def restore_latest(self, abstract_state, shardings, log=print):
+    """(step, state, data iterator state) of the latest step that reads back whole, or (0, None, None)
+    for a new run. Damaged steps (unreadable, or arrays that differ from their saved checksums) are
+    skipped with a warning naming them."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+      try:
+        return (step, *self.restore(step, abstract_state, shardings))
+      except DamagedCheckpoint as e:
+        aside = self._set_aside(step)
+        after = f"resuming from step {steps[i + 1]}" if i + 1 < len(steps) else "no earlier checkpoint is left"
+        log(f"warning: {e}; moved it to {aside.name}; {after}")
+    if steps:
+      raise UserError(f"every checkpoint in {self.directory} is damaged ({', '.join(map(str, steps))}); "
+                      "remove the folder to start the run again, or restore it from a copy")
+    return 0, None, None
 
   def restore(self, step: int, abstract_state, shardings):
     """(state, data iterator state or None) of `step`, shaped like `abstract_state` and placed with
@@ -104,13 +132,20 @@ class RunCheckpoints:
     ocp = self._ocp
     target = jax.tree.map(lambda s, x: jax.tree.map(lambda y: jax.ShapeDtypeStruct(np.shape(y), y.dtype, sharding=s), x),
                           shardings, abstract_state)
+    self._check_fits(step, target)
+    items = {"state": ocp.args.StandardRestore(target), "data": ocp.args.JsonRestore()}
+    if (self.directory / str(step) / "checksums").exists():  # written by every save since checksums exist
+      items["checksums"] = ocp.args.JsonRestore()
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
-    except (ValueError, KeyError, TypeError) as e:
-      first = str(e).splitlines()[0] if str(e) else type(e).__name__
-      raise UserError(f"the checkpoint at step {step} in {self.directory} does not fit this run (was the "
-                      f"number of devices changed with train.shard_optimizer on?): {first}") from None
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged files
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+      raise DamagedCheckpoint(f"the checkpoint at step {step} in {self.directory} cannot be read "
+                              f"({type(e).__name__}: {first})") from None
+    bad = first_mismatch(restored.get("checksums") or {}, restored["state"])
+    if bad is not None:
+      raise DamagedCheckpoint(f"the checkpoint at step {step} in {self.directory} is damaged: array {bad} "
+                              "does not match the checksum saved with it")
     data = restored["data"]
     iterators = data["iterators"] if "iterators" in data else [data.get("iterator")]  # single-process format
     if len(iterators) != jax.process_count():
@@ -118,6 +153,42 @@ class RunCheckpoints:
                       f"data shards; this job has {jax.process_count()}: resume with the same process count")
     iterator = iterators[jax.process_index()]
     return restored["state"], (iterator.encode("utf-8") if iterator else None)
+
+  def _set_aside(self, step: int) -> Path:
+    """Renames a damaged step folder out of orbax's sight (kept for inspection; the run saves that step anew)."""
+    aside = self.directory / f"{step}.damaged"
+    if jax.process_index() == 0 and (self.directory / str(step)).exists():
+      if aside.exists():
+        shutil.rmtree(aside)
+      os.replace(self.directory / str(step), aside)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(f"unclip_jax_set_aside_{step}")
+    self.manager.reload()
+    return aside
+
+  def _check_fits(self, step: int, target) -> None:
+    """An array saved with another shape than `target`'s is a UserError: another layout (e.g. ZeRO slices
+    for another device count), not damage."""
+    try:
+      meta = self.manager.item_metadata(step)
+      stored = meta["state"]
+    except Exception:  # noqa: BLE001 - no readable metadata: restoring will tell
+      return
+    if stored is None:
+      return
+
+    def shapes(tree):
+      flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+      return {tuple(re.findall(r"\w+", jax.tree_util.keystr(p))): tuple(getattr(x, "shape", None) or ())
+              for p, x in flat}
+    have, want = shapes(stored), shapes(target)
+    for path, shape in want.items():
+      if path in have and have[path] != shape:
+        raise UserError(f"the checkpoint at step {step} in {self.directory} does not fit this run (was the number "
+                        f"of devices changed with train.shard_optimizer on?): {'.'.join(path)} has shape "
+                        f"{have[path]} there, {shape} now")
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

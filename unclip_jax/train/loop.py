@@ -30,7 +30,7 @@ from unclip_jax.train import optim, zero
 from unclip_jax.train.checkpoints import RunCheckpoints
 from unclip_jax.train.metrics import MetricsWriter
 from unclip_jax.train.stages import get_stage
-from unclip_jax.train.stages.base import AXIS, device_arrays
+from unclip_jax.train.stages.base import AXIS, TIMESTEP_LOSSES, device_arrays, record_timestep_losses
 from unclip_jax.train.state import INIT_STREAM, SAMPLES_STREAM, TrainState, step_key
 
 
@@ -59,15 +59,20 @@ def make_train_step(stage, tx: optax.GradientTransformation, config, devices, la
   def per_device_step(state: TrainState, batch):
     rng = jax.random.fold_in(step_key(seed, state.step), jax.lax.axis_index(AXIS))
     (_, metrics), grads = jax.value_and_grad(stage.loss, has_aux=True)(state.params, state.extra, batch, rng)
+    timestep_losses = metrics.pop(TIMESTEP_LOSSES, None)
     metrics = jax.lax.pmean(metrics, AXIS)
     metrics["lr"] = schedule(state.step // accum)
     if layout is not None:
       params, shard, metrics["grad_norm"] = zero.sharded_update(layout, config.optim, config.train.steps,
                                                                  state.params, grads, state.opt_state, AXIS)
-      return state.replace(step=state.step + 1, params=stage.postprocess(params), opt_state=shard), metrics
-    grads = jax.lax.pmean(grads, AXIS)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    return state.apply_gradients(grads, tx, ema_decay, stage.postprocess), metrics
+      new = state.replace(step=state.step + 1, params=stage.postprocess(params), opt_state=shard)
+    else:
+      grads = jax.lax.pmean(grads, AXIS)
+      metrics["grad_norm"] = optax.tree.norm(grads)
+      new = state.apply_gradients(grads, tx, ema_decay, stage.postprocess)
+    if timestep_losses is not None:  # importance sampling: the loss history sees the global batch
+      new = new.replace(extra=record_timestep_losses(new.extra, timestep_losses))
+    return new, metrics
 
   state_axes = TrainState(step=None, params=None, opt_state=0 if layout is not None else None, ema_params=None,
                           extra=None)
@@ -80,26 +85,34 @@ def _shard(batch: dict[str, np.ndarray], n_devices: int) -> dict[str, np.ndarray
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step (then it saves and exits cleanly)."""
+  """Turns SIGTERM and Ctrl-C (SIGINT) into a flag the loop checks after each step: it then saves that
+  step and exits cleanly. A second Ctrl-C aborts at once (KeyboardInterrupt), saving nothing more."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested: str | None = None
+    self._previous: dict = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      self._previous = None
+    for sig in self.SIGNALS:
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        break
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if signum == signal.SIGINT and self.requested:
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      print("\nCtrl-C: saving after this step (press Ctrl-C again to abort without saving)", flush=True)
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 def _devices(config):
@@ -181,9 +194,9 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
   split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
   shardings = TrainState(step=replicated, params=replicated, ema_params=replicated, extra=replicated,
                          opt_state=split if layout is not None else replicated)
-  start = checkpoints.latest_step() or 0
+  start, restored, data_state = checkpoints.restore_latest(state, shardings)
   if start:
-    state, data_state = checkpoints.restore(start, state, shardings)
+    state = restored
     if data_state is not None:
       iterator.set_state(data_state)
     print(f"resumed {workdir} at step {start}", flush=True)
@@ -193,7 +206,7 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
   last_saved = start
 
   p_step = make_train_step(stage, tx, config, devices, layout)
-  writer = MetricsWriter(workdir)
+  writer = MetricsWriter(workdir, resume_step=start)
   log_every = max(1, int(config.train.get("log_every", 100)))
   ckpt_every = max(1, int(config.train.get("checkpoint_every", 1000)))
   sample_every = int(config.train.get("sample_every", 0) or 0)
@@ -238,10 +251,11 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
           checkpoints.save(step, _savable(state, replicated), iterator.get_state())
           last_saved = step
         if sample_every and step % sample_every == 0 and jax.process_index() == 0:
-          _write_samples(stage, state, sampling_params(state, layout), sample_batch, workdir, step, int(config.seed))
+          _write_samples(stage, state, sampling_params(state, layout), sample_batch, workdir, step, int(config.seed),
+                         writer)
         if preemption.requested:
           stopped_early = True
-          print(f"\nSIGTERM: saving step {step} and exiting", flush=True)
+          print(f"\n{preemption.requested}: saving step {step} and exiting", flush=True)
           break
       if step != last_saved:
         checkpoints.save(step, _savable(state, replicated), iterator.get_state())
@@ -292,7 +306,11 @@ def export(stage, state: TrainState, layout, directory: Path, step: int) -> Path
                                      extra={"step": int(step), "ema": ema is not None})
 
 
-def _write_samples(stage, state, params, host_batch, workdir: Path, step: int, seed: int) -> None:
+def _write_samples(stage, state, params, host_batch, workdir: Path, step: int, seed: int,
+                   writer: MetricsWriter) -> None:
+  """The stage's sample grid: WORKDIR/samples/step_N.png and TensorBoard's "samples" image."""
   images = stage.samples(params, state.extra, host_batch, step_key(seed, SAMPLES_STREAM))
   if images is not None:
-    image_io.save_png(workdir / "samples" / f"step_{step:08d}.png", image_io.make_grid(np.asarray(images)))
+    grid = image_io.make_grid(np.asarray(images))
+    image_io.save_png(workdir / "samples" / f"step_{step:08d}.png", grid)
+    writer.image("samples", grid, step)

@@ -32,14 +32,14 @@ class DecoderStage(EmbeddedStage):
                                    text_len=int(self.config.model.text_len))["params"]
 
   def make_extra(self):
-    return {"null_text": self.empty_caption()}
+    return {"null_text": self.empty_caption(), **self.timestep_extra()}
 
   def _text(self, n):
     d = self.model.text_proj.clip_embeddings_dim
     return self.text_spec(n, int(self.config.model.text_len), d, d)
 
   def abstract_extra(self):
-    return {"null_text": self._text(None)}
+    return {"null_text": self._text(None), **super().abstract_extra()}
 
   def batch_spec(self, n):
     d = self.model.text_proj.clip_embeddings_dim
@@ -67,15 +67,13 @@ class DecoderStage(EmbeddedStage):
     cond["image_dropped"] = jax.random.bernoulli(keys["image"], float(self.config.train.clip_emb_drop),
                                                  (batch["image_embedding"].shape[0],))
     x0 = self.images(batch["image"])
-    t, weights = diffusion.sample_timesteps(keys["t"], x0.shape[0], self.process.num_timesteps)
+    t, weights = self.timesteps(keys["t"], x0.shape[0], extra)
     noise = jax.random.normal(keys["noise"], x0.shape)
     model_fn = lambda x_t, timesteps: self._apply(params, x_t, timesteps, cond, keys["dropout"])  # noqa: E731
     terms = diffusion.training_losses(self.process, model_fn, x0, t, noise, loss=self.config.diffusion.loss)
     loss = jnp.mean(terms["loss"] * weights)
-    metrics = {"loss": loss, "mse": jnp.mean(terms["mse"])}
-    if "vb" in terms:
-      metrics["vb"] = jnp.mean(terms["vb"])
-    return loss, metrics
+    extra_metrics = {"vb": jnp.mean(terms["vb"])} if "vb" in terms else {}
+    return loss, self.timestep_metrics(loss, t, terms["loss"], mse=jnp.mean(terms["mse"]), **extra_metrics)
 
   def samples(self, params, extra, batch, rng):
     """Guided samples for the first examples of `batch`, under the real images: a 2-row grid's content."""

@@ -26,7 +26,7 @@ class PriorStage(EmbeddedStage):
   def make_extra(self):
     mean, std = embedded_data.clip_stats(self.metadata(), self.config.data.get("split", "train"))
     stats = {"clip_mean": jnp.asarray(mean), "clip_std": jnp.asarray(std).clip(1e-6)}
-    return {"stats": stats, "null_text": self.empty_caption()}
+    return {"stats": stats, "null_text": self.empty_caption(), **self.timestep_extra()}
 
   def _text(self, n):
     m = self.model
@@ -35,7 +35,7 @@ class PriorStage(EmbeddedStage):
   def abstract_extra(self):
     d = self.model.embedding_dim
     stats = {k: jax.ShapeDtypeStruct((d,), jnp.float32) for k in ("clip_mean", "clip_std")}
-    return {"stats": stats, "null_text": self._text(None)}
+    return {"stats": stats, "null_text": self._text(None), **super().abstract_extra()}
 
   def batch_spec(self, n):
     return dict(self._text(n), image_embedding=jax.ShapeDtypeStruct((n, self.model.embedding_dim), jnp.float32))
@@ -44,7 +44,7 @@ class PriorStage(EmbeddedStage):
     keys = split_rngs(rng, ("drop", "t", "noise", "dropout"))
     text, _ = drop_captions(keys["drop"], batch, extra["null_text"], float(self.config.train.text_drop))
     x0 = prior_model.normalize_embeddings(extra["stats"], batch["image_embedding"])
-    t, weights = diffusion.sample_timesteps(keys["t"], x0.shape[0], self.process.num_timesteps)
+    t, weights = self.timesteps(keys["t"], x0.shape[0], extra)
     noise = jax.random.normal(keys["noise"], x0.shape)
 
     def model_fn(x_t, timesteps):
@@ -54,7 +54,7 @@ class PriorStage(EmbeddedStage):
 
     terms = diffusion.training_losses(self.process, model_fn, x0, t, noise, loss=self.config.diffusion.loss)
     loss = jnp.mean(terms["loss"] * weights)
-    return loss, {"loss": loss}
+    return loss, self.timestep_metrics(loss, t, terms["loss"])
 
   def export(self, params, extra):
     return "prior", {"params": params, "stats": extra["stats"]}, {

@@ -62,13 +62,12 @@ class UpsamplerStage(Stage):
     return {"image": jax.ShapeDtypeStruct((n, size, size, 3), jnp.float32)}
 
   def loss(self, params, extra, batch, rng):
-    del extra
     keys = split_rngs(rng, ("degrade", "crop", "t", "noise", "dropout"))
     x0 = batch["image"]
     cond = low_res_condition(keys["degrade"], x0, self.config)
     if self.crop < x0.shape[1]:
       x0, cond = random_crop(keys["crop"], x0, cond, size=self.crop)
-    t, weights = diffusion.sample_timesteps(keys["t"], x0.shape[0], self.process.num_timesteps)
+    t, weights = self.timesteps(keys["t"], x0.shape[0], extra)
     noise = jax.random.normal(keys["noise"], x0.shape)
 
     def model_fn(x_t, timesteps):
@@ -77,7 +76,7 @@ class UpsamplerStage(Stage):
 
     terms = diffusion.training_losses(self.process, model_fn, x0, t, noise, loss=self.config.diffusion.loss)
     loss = jnp.mean(terms["loss"] * weights)
-    return loss, {"loss": loss, "mse": jnp.mean(terms["mse"])}
+    return loss, self.timestep_metrics(loss, t, terms["loss"], mse=jnp.mean(terms["mse"]))
 
   def export(self, params, extra):
     del extra
