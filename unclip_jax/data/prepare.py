@@ -32,6 +32,8 @@ def _parse(argv):
   p.add_argument("--train_size", type=int, default=50_000, help="shapes: examples in the train split")
   p.add_argument("--heldout_size", type=int, default=2_000, help="shapes: examples in the heldout split")
   p.add_argument("--seed", type=int, default=0, help="shapes: base seed of the generated set")
+  p.add_argument("--negation", action="store_true",
+                 help="shapes: also draw negated captions (\"a red circle and no squares\"), config SIZE_negation")
   p.add_argument("--max_concepts", type=int, default=None, help="emoji: use only the first N common concepts")
   p.add_argument("--heldout_fraction", type=float, default=0.05, help="emoji: share of (style, concept) pairs held out")
   p.add_argument("--max_examples", type=int, default=None, help="fashion_mnist: only the first N of each split")
@@ -41,30 +43,34 @@ def _parse(argv):
   return p.parse_args(argv)
 
 
-def prepare_shapes(data_dir: str, image_size: int, train_size: int, heldout_size: int, seed: int = 0):
-  """Builds `shapes/<image_size>` (or a custom-sized config) under `data_dir`; returns the builder."""
+def prepare_shapes(data_dir: str, image_size: int, train_size: int, heldout_size: int, seed: int = 0,
+                   negation: bool = False):
+  """Builds `shapes/<image_size>[_negation]` (or a custom-sized config) under `data_dir`; returns the builder."""
   from unclip_jax.data import builders
 
   if image_size not in (32, 64):
     raise UserError(f"--image_size must be 32 or 64 for shapes, got {image_size}")
   if train_size < 1 or heldout_size < 1:
     raise UserError("--train_size and --heldout_size must be positive")
-  builder = builders.Shapes(config=shapes_config(image_size, train_size, heldout_size, seed), data_dir=data_dir,
-                             file_format=builders.FILE_FORMAT)
+  builder = builders.Shapes(config=shapes_config(image_size, train_size, heldout_size, seed, negation),
+                             data_dir=data_dir, file_format=builders.FILE_FORMAT)
   builder.download_and_prepare()
   return builder
 
 
-def shapes_config(image_size: int, train_size: int, heldout_size: int, seed: int = 0):
-  """The registered config's name ("32", "64") for the default sizes, else a sized variant config with
-  its own name, so two sizes never share a folder (tfds refuses a custom config named like a registered one)."""
+def shapes_config(image_size: int, train_size: int, heldout_size: int, seed: int = 0, negation: bool = False):
+  """The registered config's name ("32", "64", "32_negation", "64_negation") for the default sizes, else a
+  sized variant config with its own name, so two sizes never share a folder (tfds refuses a custom config
+  named like a registered one)."""
   from unclip_jax.data import builders
 
-  registered = {c.name: c for c in builders.Shapes.BUILDER_CONFIGS}[str(image_size)]
+  suffix = "_negation" if negation else ""
+  registered = {c.name: c for c in builders.Shapes.BUILDER_CONFIGS}[f"{image_size}{suffix}"]
   if (train_size, heldout_size, seed) == (registered.train_size, registered.heldout_size, registered.seed):
     return registered.name
-  return builders.ShapesConfig(name=f"{image_size}_n{train_size}_h{heldout_size}_s{seed}", image_size=image_size,
-                               train_size=train_size, heldout_size=heldout_size, seed=seed)
+  return builders.ShapesConfig(name=f"{image_size}_n{train_size}_h{heldout_size}_s{seed}{suffix}",
+                               image_size=image_size, train_size=train_size, heldout_size=heldout_size, seed=seed,
+                               kinds=registered.kinds)
 
 
 def default_emoji_source() -> str:
@@ -155,7 +161,7 @@ def main(argv) -> int:
     raise UserError(f"unknown dataset {args.name!r}; choose one of: {', '.join(DATASETS)}")
   size = args.image_size or DEFAULT_SIZE[args.name]
   if args.name == "shapes":
-    builder = prepare_shapes(args.data_dir, size, args.train_size, args.heldout_size, args.seed)
+    builder = prepare_shapes(args.data_dir, size, args.train_size, args.heldout_size, args.seed, args.negation)
   elif args.name == "emoji":
     builder = prepare_emoji(args.data_dir, args.source, size, args.max_concepts, args.heldout_fraction)
   elif args.name == "fashion_mnist":

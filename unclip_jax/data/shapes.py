@@ -5,6 +5,10 @@ infinite, which suits a tfds builder or a grain source. Captions follow a small 
 (colour, shape, count, spatial relation) are checkable from the returned spec, and some (colour, shape)
 and (relation, shape pair) combinations occur only in the "heldout" split, to measure compositional
 generalisation. Only numpy and PIL are used.
+
+An optional fifth kind, "negation" ("a red circle and no squares": the scene holds the named object
+alone), is drawn only when asked for (`kinds=ALL_KINDS`), so the default set stays what it always was;
+no default caption negates anything, and the option lets one measure what training on negations gains.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ SHAPES = ("circle", "square", "triangle")
 RELATIONS = ("left of", "right of", "above", "below")
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 KINDS = ("single", "count", "pair", "relation")
+NEGATION = "negation"
+ALL_KINDS = KINDS + (NEGATION,)  # KINDS stays the default: any set drawn from it is unchanged
 SPLITS = ("train", "heldout")
 
 # Never drawn in the train split; every heldout example contains at least one of its kind.
@@ -73,15 +79,16 @@ class ShapesScenes:
     split: "train" (held-out combinations excluded) or "heldout" (each example uses one of them).
     seed: base seed of the whole set.
     kinds: caption kinds to draw from, uniformly: "single" ("a red circle"), "count" ("three blue
-      squares"), "pair" ("a red circle and a blue square"), "relation" ("a red circle left of a ...").
+      squares"), "pair" ("a red circle and a blue square"), "relation" ("a red circle left of a ..."),
+      and, only when named, "negation" ("a red circle and no squares": the named object alone).
   """
 
   def __init__(self, image_size: int = 64, split: str = "train", seed: int = 0, kinds=KINDS):
     if split not in SPLITS:
       raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    unknown = set(kinds) - set(KINDS)
+    unknown = set(kinds) - set(ALL_KINDS)
     if unknown or not kinds:
-      raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds!r}")
+      raise ValueError(f"kinds must be a non-empty subset of {ALL_KINDS}, got {kinds!r}")
     if image_size < 24:
       raise ValueError(f"image_size must be at least 24 pixels, got {image_size}")
     self.image_size, self.split, self.seed, self.kinds = image_size, split, seed, tuple(kinds)
@@ -112,9 +119,9 @@ class ShapesScenes:
     held = self.split == "heldout"
     pool = _objects(self.split)
     pick = lambda options: options[rng.integers(len(options))]  # noqa: E731
-    if kind in ("single", "count"):
+    if kind in ("single", "count", NEGATION):
       obj = pick(sorted(HELDOUT_OBJECTS)) if held else pick(pool)
-      n = 1 if kind == "single" else int(rng.integers(2, 5))
+      n = 1 if kind != "count" else int(rng.integers(2, 5))
       return [obj] * n, None
     if kind == "pair":
       first = pick(sorted(HELDOUT_OBJECTS)) if held else pick(pool)
@@ -136,6 +143,10 @@ class ShapesScenes:
 
   def _sample(self, rng, kind):
     objs, relation = self._choose_objects(rng, kind)
+    negated = None
+    if kind == NEGATION:  # a shape that is absent: one of the two the named object is not
+      others = [sh for sh in SHAPES if sh != objs[0][1]]
+      negated = others[rng.integers(len(others))]
     s = self.image_size
     lo, hi = max(5, round(s * 12 / 64)), max(7, round(s * 18 / 64))
     gap = max(1, s // 32)
@@ -164,6 +175,8 @@ class ShapesScenes:
         "relation": None if relation is None else {"relation": relation, "subject": 0, "object": 1},
         "split": self.split,
     }
+    if negated is not None:
+      spec["negated"] = negated
     return np.asarray(image, dtype=np.uint8), caption_for(spec), spec
 
 
@@ -177,6 +190,8 @@ def caption_for(spec: dict[str, Any]) -> str:
     return f"{NUMBERS[len(objs)]} {objs[0][0]} {objs[0][1]}s"
   if kind == "pair":
     return f"a {objs[0][0]} {objs[0][1]} and a {objs[1][0]} {objs[1][1]}"
+  if kind == NEGATION:
+    return f"a {objs[0][0]} {objs[0][1]} and no {spec['negated']}s"
   rel = spec["relation"]["relation"]
   return f"a {objs[0][0]} {objs[0][1]} {rel} a {objs[1][0]} {objs[1][1]}"
 
@@ -189,11 +204,13 @@ _PATTERNS = [
     ("count", re.compile(rf"^({'|'.join(NUMBERS.values())}) ({_COLOR_RE}) ({_SHAPE_RE})s$")),
     ("pair", re.compile(rf"^{_OBJ} and {_OBJ}$")),
     ("relation", re.compile(rf"^{_OBJ} ({'|'.join(RELATIONS)}) {_OBJ}$")),
+    (NEGATION, re.compile(rf"^{_OBJ} and no ({_SHAPE_RE})s$")),
 ]
 
 
 def parse_caption(caption: str) -> dict[str, Any]:
-  """Caption → {"kind", "objects": [(color, shape), ...] in caption order, "relation": str | None}.
+  """Caption → {"kind", "objects": [(color, shape), ...] in caption order, "relation": str | None}, and
+  for a negation the absent shape as "negated" ("a red circle and no squares" → objects [("red", "circle")]).
 
   Raises ValueError for text outside the grammar, so evaluations can check generated captions too.
   """
@@ -209,6 +226,8 @@ def parse_caption(caption: str) -> dict[str, Any]:
       return {"kind": kind, "objects": [(g[1], g[2])] * n, "relation": None}
     if kind == "pair":
       return {"kind": kind, "objects": [(g[0], g[1]), (g[2], g[3])], "relation": None}
+    if kind == NEGATION:
+      return {"kind": kind, "objects": [(g[0], g[1])], "relation": None, "negated": g[2]}
     return {"kind": kind, "objects": [(g[0], g[1]), (g[3], g[4])], "relation": g[2]}
   raise ValueError(f"caption {caption!r} is outside the shapes grammar")
 

@@ -1,0 +1,106 @@
+"""`python -m unclip_jax.evaluate`: every suite end to end on a random-weights tiny pipeline (wiring, not
+numbers), the evaluators cached and reused, and bad input as one `error:` line with exit status 2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+
+from unclip_jax import evaluate
+from unclip_jax.errors import run_cli
+from unclip_jax.eval import SUITES, clip_eval, features
+
+
+@pytest.fixture(scope="module")
+def pipe(request, tmp_path_factory):
+  """A tiny random-weights pipeline folder: the session's shared one when conftest provides it."""
+  try:
+    return request.getfixturevalue("pipe_dir")
+  except pytest.FixtureLookupError:
+    from unclip_jax.pipeline import make_random_pipeline
+
+    return make_random_pipeline(tmp_path_factory.mktemp("eval_pipe") / "tiny", "tiny", seed=0)
+
+
+def _run(argv, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    run_cli(evaluate.main, [str(a) for a in argv])
+  captured = capsys.readouterr()
+  return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--suite", "fd"], "not a pipeline folder"),
+    (["--suite", "poetry"], "unknown suite"),
+    (["--suite", "fd", "--num", "0"], "--num must be at least 1"),
+    (["--suite", "guidance", "--decoder-guidance", "1,x"], "--decoder-guidance"),
+])
+def test_bad_input_is_one_error_line(tmp_path, capsys, args, words):
+  code, out, err = _run(["--checkpoint", tmp_path, "--out", tmp_path / "out", *args], capsys)
+  assert code == 2 and out == ""
+  assert err.startswith("error: ") and err.count("\n") == 1 and words in err, err
+  code, _, err = _run(["--suite", "fd"], capsys)  # no --checkpoint
+  assert code == 2 and err.startswith("error: ") and "--checkpoint" in err
+
+
+def test_every_suite_end_to_end(pipe, tmp_path, capsys, monkeypatch):
+  out, cache = tmp_path / "out", tmp_path / "cache"
+  argv = ["--checkpoint", pipe, "--suite", "all", "--num", 2, "--seed", 3, "--out", out, "--cache", cache,
+          "--batch", 8, "--guidance-num", 8, "--decoder-guidance", "1,4", "--prior-guidance", "1",
+          "--train-ref", 16, "--feature-steps", 5, "--eval-clip-steps", 5, "--decoder-steps", 2, "--prior-steps", 2,
+          "--sr-steps", 1, "--no-progress"]
+  code, stdout, err = _run(argv, capsys)
+  assert code == 0, err
+  results = json.loads((out / "results.json").read_text())
+  assert set(SUITES) <= set(results) and results["meta"]["num"] == 2
+  table = (out / "results.md").read_text()
+  assert table == stdout[:len(table)]
+  for suite in SUITES:
+    assert f"| {suite} |" in table
+
+  comp = results["compositional"]
+  for task, cells in comp["tasks"].items():
+    for split, cell in cells.items():
+      assert cell["accuracy"]["n"] == 2
+      assert cell["accuracy"]["k"] == 0, (task, split)  # random weights draw noise: the strict detector passes none
+      if task != "position":  # (GenEval's rule can reject a real relation scene)
+        assert cell["real_ceiling"]["rate"] == 1.0, (task, split)
+      assert (out / "grids" / f"compositional_{task}_{split}.png").is_file()
+
+  fd = results["fd"]
+  assert fd["generated_vs_real"]["fd"] > fd["real_vs_real_floor"]["fd"] >= -1e-6
+  assert 0 <= fd["generated_vs_real"]["precision"] <= 1 and 0 <= fd["memorisation"]["copy_rate"] <= 1
+  assert fd["evaluator"]["heldout_accuracy"]["n"] == 32
+
+  clip = results["clip_score"]
+  assert "self_check" in clip["evaluator_clip"] and clip["splits"]["heldout"]["generated"]["r_precision"]["n"] == 2
+  assert clip["splits"]["seen"]["generated"]["candidates"] == 100
+
+  zs = results["zeroshot"]
+  assert {"colour", "shape", "colour_shape"} <= set(zs["shapes"]["heldout"])
+  for extra in ("fashion_mnist", "emoji_heldout_style"):
+    assert extra in zs or extra in zs.get("skipped", {})
+
+  for split in ("seen", "heldout"):
+    prior = results["prior"]["splits"][split]
+    assert -1 <= prior["cos_prior_vs_image"]["mean"] <= 1 and prior["retrieval_top1_prior"]["pool"] == 2
+
+  points = results["guidance"]["points"]
+  assert [(p["prior_guidance"], p["decoder_guidance"]) for p in points] == [(1.0, 1.0), (1.0, 4.0)]
+  assert all(math.isfinite(p["fd"]) and math.isfinite(p["clip_score"]) for p in points)
+  if importlib.util.find_spec("matplotlib"):
+    assert (out / "guidance.png").is_file()
+  else:
+    assert "matplotlib" in results["guidance"]["plot"]
+
+  # the evaluators were saved in the cache and are reused, not retrained
+  opts = evaluate.options(evaluate.parse([str(a) for a in argv]))
+  monkeypatch.setattr(features, "train", lambda *a, **k: pytest.fail("the evaluator CNN was retrained"))
+  monkeypatch.setattr(clip_eval, "train", lambda *a, **k: pytest.fail("the evaluator CLIP was retrained"))
+  net = features.load_or_train(cache, opts.feature_net, log=lambda m: None)
+  assert net.meta["config"]["steps"] == 5
+  scorer, info = clip_eval.load_or_train(cache, opts.eval_clip_config, log=lambda m: None)
+  assert info["evaluator"]["steps"] == 5 and scorer.config.embed_dim == 32

@@ -1,0 +1,74 @@
+"""The prior suite: does the prior map a caption to the CLIP image embedding of an image of it?
+
+For each caption (seen and held-out splits) with its real render: the cosine of the prior's sample with
+the real image's embedding, against three baselines: the caption's own text embedding (what a
+prior-free model would use), the mean image embedding of real training-distribution images (a prior
+that ignores the caption), and the prior's sample for an unrelated caption; and top-1 retrieval of the
+real image among 100 by the prior sample (and by the text embedding). All in the generator's CLIP space
+(where the prior lives).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unclip_jax.eval import prompts, retrieval
+from unclip_jax.eval.images import resize
+
+
+def _unrelated(captions: list[str]) -> np.ndarray:
+  """For each i, the next index (cyclically) whose caption differs from caption i."""
+  n = len(captions)
+  out = np.arange(n)
+  for i in range(n):
+    for j in range(1, n):
+      if captions[(i + j) % n] != captions[i]:
+        out[i] = (i + j) % n
+        break
+  return out
+
+
+def _summary(values: np.ndarray) -> dict:
+  return {"mean": float(np.mean(values)), "std": float(np.std(values)),
+          "sem": float(np.std(values) / np.sqrt(max(len(values) - 1, 1)))}
+
+
+def run(ctx) -> dict:
+  from unclip_jax.pipeline import image_keys
+
+  o, pipe = ctx.options, ctx.pipe
+  settings = ctx.settings()
+  size = pipe.clip_config.image_size
+
+  def text_fn(p):
+    return pipe.encode_text(p)
+
+  def image_fn(x):
+    return pipe.encode_images(resize(x, size))
+
+  _, ref_images, _ = prompts.mixed_set("seen", max(o.num, 2), o.seed, "prior-mean")
+  parts, _ = ctx.chunked(image_fn, ref_images)
+  mean_embed = np.concatenate(parts).mean(0)
+  out = {"settings": settings["prior"].to_dict(), "splits": {}}
+  for split in prompts.SPLITS:
+    cell = ctx.prompt_set(split)
+    captions, real, seeds = cell["captions"], cell["real"], cell["seeds"]
+    texts, n = ctx.chunked(text_fn, captions)
+    text_embeds = np.concatenate([t.embeds for t in texts])[:n]
+    keys = image_keys(seeds)
+    key_chunks, _ = ctx.chunked(lambda k: k, keys)
+    samples = [pipe.sample_prior(t, k, settings["prior"]) for t, k in zip(texts, key_chunks)]
+    prior = np.concatenate(samples)[:n].astype(np.float64)
+    parts, _ = ctx.chunked(image_fn, real)
+    true = np.concatenate(parts)[:n].astype(np.float64)
+    other = _unrelated(captions)
+    out["splits"][split] = {
+        "cos_prior_vs_image": _summary(retrieval.cosine(prior, true)),
+        "baseline_text_embedding": _summary(retrieval.cosine(text_embeds, true)),
+        "baseline_mean_image_embedding": _summary(retrieval.cosine(np.broadcast_to(mean_embed, true.shape), true)),
+        "baseline_unrelated_caption_prior": _summary(retrieval.cosine(prior[other], true)),
+        "retrieval_top1_prior": retrieval.top1_retrieval(prior, true, pool=100),
+        "retrieval_top1_text": retrieval.top1_retrieval(text_embeds, true, pool=100),
+        "num": n,
+    }
+  return out

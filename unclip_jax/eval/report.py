@@ -1,0 +1,154 @@
+"""Results out: one JSON, one markdown table (ready for the README), sample grids and the guidance plot.
+
+Why one table: every suite's headline numbers side by side, seen vs held-out columns and the reference
+each should be read against (real images, the real-vs-real floor, chance), so a README can quote it
+as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from unclip_jax.io import write_text_atomic
+
+
+def _p(prop: dict | None) -> str:
+  if not prop:
+    return ""
+  if prop.get("n", 0) == 0 or math.isnan(prop.get("rate", float("nan"))):
+    return "n/a"
+  lo, hi = prop["ci95"]
+  return f"{prop['rate']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _f(x, digits: int = 3) -> str:
+  return "" if x is None else f"{x:.{digits}g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
+def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
+  """(suite, metric, seen, held-out, reference) rows for every suite present in `results`."""
+  out = []
+  c = results.get("compositional")
+  if c:
+    for task, cells in c["tasks"].items():
+      s, h = cells["seen"], cells["heldout"]
+      out.append(("compositional", f"{task} accuracy", _p(s["accuracy"]), _p(h["accuracy"]),
+                  f"real {_p(s['real_ceiling'])} / {_p(h['real_ceiling'])}"))
+      if task == "position":
+        out.append(("compositional", "position, dataset rule", _p(s["dataset_rule"]), _p(h["dataset_rule"]),
+                    f"real {_p(s['real_ceiling_dataset_rule'])} / {_p(h['real_ceiling_dataset_rule'])}"))
+      if task == "negation":
+        out.append(("compositional", "negation: negated shape drawn", _p(s["negated_shape_drawn"]),
+                    _p(h["negated_shape_drawn"]), "known failure: no negation in training captions"))
+    out.append(("compositional", "mean over tasks", _f(c["overall"]["seen"]["mean_over_tasks"]),
+                _f(c["overall"]["heldout"]["mean_over_tasks"]), f"{c['num_per_cell']} prompts per cell"))
+  f = results.get("fd")
+  if f:
+    g, fl = f["generated_vs_real"], f["real_vs_real_floor"]
+    for key, name in (("fd", "FD (evaluator CNN)"), ("kid", "KID"), ("precision", "precision (k=3)"),
+                      ("recall", "recall (k=3)")):
+      out.append(("fd", name, "", _f(g[key]), f"real-vs-real {_f(fl[key])}"))
+    m, mr = f["memorisation"], f["memorisation_real_reference"]
+    out.append(("fd", f"memorisation: copy rate (NN below train's {m['quantile']:.0%} quantile)",
+                _f(m["copy_rate"]), "",
+                f"fresh real {_f(mr['copy_rate'])}"))
+    out.append(("fd", "memorisation: NN distance / train NN distance", _f(m["ratio"]), "",
+                f"fresh real {_f(mr['ratio'])}"))
+  a = results.get("clip_score")
+  if a:
+    s, h = a["splits"]["seen"], a["splits"]["heldout"]
+    out.append(("clip_score", "CLIP score (evaluator CLIP)", _f(s["generated"]["clip_score"]),
+                _f(h["generated"]["clip_score"]),
+                f"real {_f(s['real_ceiling']['clip_score'])} / {_f(h['real_ceiling']['clip_score'])}"))
+    out.append(("clip_score", "R-precision among 100 (evaluator CLIP)", _p(s["generated"]["r_precision"]),
+                _p(h["generated"]["r_precision"]),
+                f"real {_p(s['real_ceiling']['r_precision'])} / {_p(h['real_ceiling']['r_precision'])}"))
+    out.append(("clip_score", "R-precision, generator's own CLIP (biased)",
+                _p(s["generator_clip_generated"]["r_precision"]),
+                _p(h["generator_clip_generated"]["r_precision"]),
+                f"real {_p(s['generator_clip_real']['r_precision'])} / {_p(h['generator_clip_real']['r_precision'])}"))
+  z = results.get("zeroshot")
+  if z:
+    for probe in ("colour", "shape", "colour_shape"):
+      out.append(("zeroshot", f"shapes {probe.replace('_', '+')}", _p(z["shapes"]["seen"][probe]),
+                  _p(z["shapes"]["heldout"][probe]), f"chance {z['shapes']['seen'][probe]['chance']:.2f}"))
+    if "fashion_mnist" in z:
+      out.append(("zeroshot", "fashion_mnist test (10 classes)", _p(z["fashion_mnist"]), "",
+                  f"chance {z['fashion_mnist']['chance']:.2f}"))
+    if "emoji_heldout_style" in z:
+      out.append(("zeroshot", "emoji style of held-out pairs (4 styles)", "", _p(z["emoji_heldout_style"]),
+                  f"chance {z['emoji_heldout_style']['chance']:.2f}"))
+    for name, why in z.get("skipped", {}).items():
+      out.append(("zeroshot", f"{name}: skipped", "", "", why[:80]))
+  p = results.get("prior")
+  if p:
+    s, h = p["splits"]["seen"], p["splits"]["heldout"]
+    for key, name in (("cos_prior_vs_image", "cos(prior sample, image embedding)"),
+                      ("baseline_text_embedding", "  baseline: caption's text embedding"),
+                      ("baseline_mean_image_embedding", "  baseline: mean image embedding"),
+                      ("baseline_unrelated_caption_prior", "  baseline: unrelated caption's prior sample")):
+      out.append(("prior", name, _f(s[key]["mean"]), _f(h[key]["mean"]), ""))
+    for key, name in (("retrieval_top1_prior", "retrieval top-1 by prior sample"),
+                      ("retrieval_top1_text", "  baseline: by text embedding")):
+      out.append(("prior", name, _f(s[key]["top1"]), _f(h[key]["top1"]), f"among {s[key]['pool']}, chance "
+                  f"{1 / max(s[key]['pool'], 1):.2f}"))
+  gd = results.get("guidance")
+  if gd:
+    for pt in gd["points"]:
+      out.append(("guidance", f"prior {pt['prior_guidance']:g}, decoder {pt['decoder_guidance']:g}: "
+                  "FD / accuracy / CLIP score",
+                  f"{_f(pt['fd'])} / {pt['compositional_accuracy']['rate']:.2f} / {_f(pt['clip_score'])}", "",
+                  f"real: accuracy {gd['real_compositional_accuracy']['rate']:.2f}, "
+                  f"CLIP score {_f(gd['real_clip_score'])}"))
+  return out
+
+
+def markdown(results: dict) -> str:
+  lines = ["| suite | metric | seen | held-out | reference |", "|---|---|---|---|---|"]
+  lines += [f"| {' | '.join(r)} |" for r in rows(results)]
+  return "\n".join(lines) + "\n"
+
+
+def _json_default(o):
+  if isinstance(o, (np.integer,)):
+    return int(o)
+  if isinstance(o, (np.floating,)):
+    return float(o)
+  if isinstance(o, (np.bool_,)):
+    return bool(o)
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  if isinstance(o, Path):
+    return str(o)
+  raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def write(results: dict, out: str | Path, meta: dict) -> dict[str, Path]:
+  """Writes results.json, results.md, the compositional grids and the guidance plot; returns the paths."""
+  from unclip_jax.eval.guidance import plot
+  from unclip_jax.eval.images import framed_grid
+  from unclip_jax.images import save_png
+
+  out = Path(out)
+  paths = {}
+  grids = results.get("compositional", {}).pop("_grids", {})
+  for name, (images, ok, captions) in grids.items():
+    path = out / "grids" / f"compositional_{name}.png"
+    save_png(path, framed_grid(images, ok))
+    listing = "".join(f"{'PASS' if o else 'fail'}  {c}\n" for o, c in zip(ok, captions))
+    write_text_atomic(path.with_suffix(".txt"), listing)
+    paths[f"grid_{name}"] = path
+  if "guidance" in results:
+    why = plot(results["guidance"], out / "guidance.png")
+    if why:
+      results["guidance"]["plot"] = why
+    else:
+      paths["guidance_plot"] = out / "guidance.png"
+  write_text_atomic(out / "results.json", json.dumps({"meta": meta, **results}, indent=2, default=_json_default))
+  write_text_atomic(out / "results.md", markdown(results))
+  paths["json"], paths["markdown"] = out / "results.json", out / "results.md"
+  return paths

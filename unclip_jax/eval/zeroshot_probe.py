@@ -1,0 +1,92 @@
+"""The zeroshot suite: the generator's CLIP as a zero-shot classifier (prompt ensembling as in
+`python -m unclip_jax.zeroshot`).
+
+Why: the prior and decoder can only be as compositional as the CLIP embeddings they are conditioned
+on; probing colour, shape and colour+shape on single-object scenes (seen and held-out combinations)
+shows what the embedding space separates. Where installed, Fashion-MNIST's test split (10 classes, its
+caption templates) and the emoji data's held-out (style, concept) pairs (which of 4 styles, from
+"a noto emoji of cat face"-style captions) are probed too; otherwise they are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unclip_jax.data import shapes
+from unclip_jax.errors import UserError
+from unclip_jax.eval import prompts
+from unclip_jax.eval.stats import proportion
+
+
+def shapes_probes(scorer, n: int, seed: int) -> dict:
+  colors, kinds = list(shapes.COLORS), list(shapes.SHAPES)
+  objects = [(c, s) for c in colors for s in kinds]
+  probes = {  # name: (labels, templates, truth of an object, classes)
+      "colour": (colors, [f"a {{}} {s}" for s in kinds], lambda o: colors.index(o[0])),
+      "shape": (kinds, [f"a {c} {{}}" for c in colors], lambda o: kinds.index(o[1])),
+      "colour_shape": ([f"{c} {s}" for c, s in objects], ["a {}"], objects.index),
+  }
+  out = {}
+  for split in prompts.SPLITS:
+    _, images, specs = prompts.task_set("single", split, n, seed + 77)
+    truth_objects = [(s["objects"][0]["color"], s["objects"][0]["shape"]) for s in specs]
+    out[split] = {}
+    for name, (labels, templates, truth) in probes.items():
+      pred = scorer.zero_shot(images, labels, templates)
+      out[split][name] = {**proportion(pred == np.array([truth(o) for o in truth_objects])), "chance": 1 / len(labels)}
+  return out
+
+
+def fashion_mnist_probe(scorer, n: int, seed: int) -> dict:
+  from unclip_jax.data import builders
+
+  images, labels = builders.fashion_mnist_arrays(builders.FASHION_MNIST_SOURCE, "test")
+  idx = np.random.default_rng(seed).choice(len(images), min(n, len(images)), replace=False)
+  rgb = np.repeat(images[idx][..., None], 3, axis=-1)
+  pred = scorer.zero_shot(rgb, builders.FASHION_MNIST_CLASSES, builders.FASHION_MNIST_TEMPLATES)
+  return {**proportion(pred == labels[idx]), "chance": 1 / len(builders.FASHION_MNIST_CLASSES),
+          "source": builders.FASHION_MNIST_SOURCE}
+
+
+def emoji_style_probe(scorer, n: int, seed: int, source: str | None = None) -> dict:
+  """Which of the 4 styles a held-out (style, concept) emoji is drawn in, by its 4 possible captions."""
+  import os
+
+  from unclip_jax.data import emoji as emoji_lib
+
+  source = source or os.environ.get(emoji_lib.SOURCE_ENV) or str(emoji_lib.DEFAULT_SOURCE)
+  icon_sets = emoji_lib.load_styles(source)
+  held = sorted(emoji_lib.heldout_pairs(emoji_lib.common_concepts(icon_sets), 0.05))
+  if not held:
+    raise UserError("no held-out emoji pairs")
+  pick = [held[i] for i in np.random.default_rng(seed).choice(len(held), min(n, len(held)), replace=False)]
+  by_name = {s.style.name: s for s in icon_sets}
+  images = np.stack([emoji_lib.render(by_name[st].icons[c], 64) for st, c in pick])
+  styles = [s.style for s in icon_sets]
+  img = scorer.encode_images(images)
+  txt = scorer.encode_text([emoji_lib.caption(st, c) for _, c in pick for st in styles])
+  txt = txt.reshape(len(pick), len(styles), -1)
+  img = img / np.linalg.norm(img, axis=-1, keepdims=True)
+  txt = txt / np.linalg.norm(txt, axis=-1, keepdims=True)
+  pred = np.einsum("nd,nkd->nk", img, txt).argmax(-1)
+  truth = np.array([[s.name for s in styles].index(st) for st, _ in pick])
+  return {**proportion(pred == truth), "chance": 1 / len(styles), "source": str(source), "heldout_pairs": len(held)}
+
+
+def run(ctx) -> dict:
+  o = ctx.options
+  scorer = ctx.generator_clip
+  out = {"clip": "the generator's CLIP (pipeline stage 'clip')", "shapes": shapes_probes(scorer, o.num, o.seed)}
+  if not o.zeroshot_extra:
+    out["skipped"] = {"fashion_mnist": "not asked for", "emoji": "not asked for"}
+    return out
+  skipped = {}
+  for name, fn in (("fashion_mnist", fashion_mnist_probe), ("emoji_heldout_style", emoji_style_probe)):
+    try:
+      out[name] = fn(scorer, o.num, o.seed)
+    except UserError as e:  # the data is not installed: say so and go on
+      skipped[name] = str(e)
+      ctx.log(f"zeroshot: skipping {name}: {e}")
+  if skipped:
+    out["skipped"] = skipped
+  return out

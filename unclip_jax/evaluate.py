@@ -1,0 +1,153 @@
+"""Evaluates an unCLIP pipeline on the `shapes` world: compositional accuracy, FD/KID/precision/recall,
+CLIP score and R-precision, zero-shot probes, the prior, and the guidance trade-off.
+
+    python -m unclip_jax.evaluate --checkpoint PIPELINE --suite NAME [--num N] [--seed S] [--out DIR]
+
+Suites: compositional, fd, clip_score, zeroshot, prior, guidance, all. Writes DIR/results.json,
+DIR/results.md (one markdown table), sample grids per compositional task (DIR/grids/) and, for guidance,
+DIR/guidance.png. The evaluator network (FD features) and evaluator CLIP are trained on first use and
+cached in --cache (default ~/.cache/unclip_jax/eval); see unclip_jax/eval/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from unclip_jax.errors import ArgumentParser, UserError, run_cli
+
+SUITE_CHOICES = ("compositional", "fd", "clip_score", "zeroshot", "prior", "guidance", "all")
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+  try:
+    values = tuple(float(v) for v in text.split(",") if v.strip())
+  except ValueError:
+    raise UserError(f"{what} must be comma-separated numbers, got {text!r}") from None
+  if not values or not all(math.isfinite(v) for v in values):
+    raise UserError(f"{what} must be finite numbers, got {text!r}")
+  return values
+
+
+def _positive(value: int, what: str) -> int:
+  if value < 1:
+    raise UserError(f"{what} must be at least 1, got {value}")
+  return value
+
+
+def parse(argv: Sequence[str]):
+  p = ArgumentParser(prog="python -m unclip_jax.evaluate", description=__doc__.split("\n\n")[0])
+  p.add_argument("--checkpoint", required=True, help="pipeline folder (pipeline.json + stage folders)")
+  p.add_argument("--suite", required=True, help=f"one of {', '.join(SUITE_CHOICES)}")
+  p.add_argument("--num", type=int, default=100,
+                 help="prompts per cell: per task and split (compositional), per split (others) (default 100)")
+  p.add_argument("--seed", type=int, default=0, help="base seed of prompts and sampling noise")
+  p.add_argument("--out", default=None, help="output folder (default: eval-SUITE)")
+  p.add_argument("--batch", type=int, default=32, help="images per sampling call (default 32)")
+  p.add_argument("--cache", default=None,
+                 help="where the evaluator networks are cached (default ~/.cache/unclip_jax/eval)")
+  p.add_argument("--eval-clip", default=None,
+                 help="CLIP stage folder to grade clip_score/guidance with "
+                      "(default: train or reuse our evaluator CLIP)")
+  p.add_argument("--decoder-guidance", default="1,2,3,4,6,8", help="guidance suite: decoder scales")
+  p.add_argument("--prior-guidance", default="1,4", help="guidance suite: prior scales")
+  p.add_argument("--guidance-num", type=int, default=None, help="guidance suite: prompts per setting (default --num)")
+  p.add_argument("--train-ref", type=int, default=1000, help="fd suite: training images for the memorisation check")
+  p.add_argument("--dataset-seed", type=int, default=0, help="the seed the generator's shapes data was built with")
+  p.add_argument("--feature-steps", type=int, default=None, help="training steps of the evaluator CNN (default 1500)")
+  p.add_argument("--eval-clip-steps", type=int, default=None,
+                 help="training steps of the evaluator CLIP (default 2000)")
+  p.add_argument("--decoder-steps", default=None, help="decoder sampling steps (default: the pipeline's)")
+  p.add_argument("--prior-steps", default=None, help="prior sampling steps (default: the pipeline's)")
+  p.add_argument("--sr-steps", default=None, help="upsampler sampling steps (default: the pipeline's)")
+  p.add_argument("--no-extra-zeroshot", action="store_true", help="zeroshot suite: skip fashion_mnist and emoji")
+  p.add_argument("--no-progress", action="store_true", help="no progress bars")
+  p.add_argument("--verbose", action="store_true", help="print the pipeline's per-call log")
+  args = p.parse_args(list(argv))
+  if args.suite not in SUITE_CHOICES:
+    raise UserError(f"unknown suite {args.suite!r}; choose one of {', '.join(SUITE_CHOICES)}")
+  for what in ("num", "batch", "train_ref"):
+    _positive(getattr(args, what), f"--{what.replace('_', '-')}")
+  for what in ("guidance_num", "feature_steps", "eval_clip_steps"):
+    if getattr(args, what) is not None:
+      _positive(getattr(args, what), f"--{what.replace('_', '-')}")
+  if not 0 <= args.seed < 2 ** 31:
+    raise UserError(f"--seed must lie in [0, 2**31), got {args.seed}")
+  return args
+
+
+def options(args):
+  from unclip_jax.eval.context import Options
+
+  o = Options(num=args.num, seed=args.seed, batch=args.batch, eval_clip=args.eval_clip,
+              decoder_guidance=_floats(args.decoder_guidance, "--decoder-guidance"),
+              prior_guidance=_floats(args.prior_guidance, "--prior-guidance"), guidance_num=args.guidance_num,
+              train_ref=args.train_ref, dataset_seed=args.dataset_seed, zeroshot_extra=not args.no_extra_zeroshot,
+              progress=not args.no_progress)
+  if args.cache:
+    o.cache_dir = Path(args.cache)
+  if args.feature_steps:
+    small = args.feature_steps < 200  # a quick smoke run: fewer scenes to draw as well
+    o.feature_net = dataclasses.replace(o.feature_net, steps=args.feature_steps,
+                                        pool=128 if small else o.feature_net.pool,
+                                        test_size=32 if small else o.feature_net.test_size)
+  if args.eval_clip_steps:
+    small = args.eval_clip_steps < 200
+    o.eval_clip_config = dataclasses.replace(o.eval_clip_config, steps=args.eval_clip_steps,
+                                             pool=128 if small else o.eval_clip_config.pool,
+                                             check_size=50 if small else o.eval_clip_config.check_size)
+  for stage, value in (("decoder", args.decoder_steps), ("prior", args.prior_steps)):
+    if value is not None:
+      o.overrides[stage] = {"steps": value}
+  return o
+
+
+def main(argv: Sequence[str]) -> int:
+  from unclip_jax.eval import SUITES, report, suite_runner
+
+  args = parse(argv)
+  opts = options(args)
+  from unclip_jax.checkpoint import read_stage
+  from unclip_jax.pipeline import Pipeline, read_pipeline
+
+  read_pipeline(args.checkpoint)  # a clear error before anything slow
+  if args.eval_clip:
+    read_stage(args.eval_clip, kind="clip")
+  out = Path(args.out or f"eval-{args.suite}")
+  if out.exists() and not out.is_dir():
+    raise UserError(f"--out {out} exists and is not a folder")
+
+  from unclip_jax.eval.context import Context
+
+  def log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+  pipe = Pipeline.load(args.checkpoint, log=log if args.verbose else (lambda m: None))
+  if args.sr_steps is not None:
+    opts.overrides.update({stage: {"steps": args.sr_steps} for stage in pipe.sampling if stage.startswith("sr_")})
+  ctx = Context(pipe, opts, log)
+  ctx.settings()  # bad --decoder-steps / --prior-steps / --sr-steps fail here, before any work
+  suites = SUITES if args.suite == "all" else (args.suite,)
+  results, timings = {}, {}
+  for name in suites:
+    start = time.perf_counter()
+    log(f"suite {name} ...")
+    results[name] = suite_runner(name)(ctx)
+    timings[name] = round(time.perf_counter() - start, 1)
+    log(f"suite {name}: {timings[name]}s")
+  meta = {"checkpoint": str(args.checkpoint), "suite": args.suite, "num": args.num, "seed": args.seed,
+          "output_size": pipe.output_size, "settings": {k: v.to_dict() for k, v in ctx.settings().items()},
+          "seconds": timings, "argv": list(argv)}
+  paths = report.write(results, out, meta)
+  print(report.markdown(results), end="")
+  for name, path in paths.items():
+    print(f"{name}: {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  run_cli(main, sys.argv[1:])
