@@ -114,11 +114,14 @@ def _checkpointer():
 
 
 def save_stage(directory: str | os.PathLike, params: Any, *, kind: str, config: Mapping[str, Any],
-               extra: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+               extra: Mapping[str, Any] | None = None, overwrite: bool = False,
+               storage_dtype: str | None = None) -> Path:
   """Writes `params` and `config` as a stage checkpoint at `directory`, atomically.
 
   `config` must be JSON-serialisable (use `ConfigDict.to_dict()`). With `overwrite=False` an existing
-  folder is an error, so a converter can never clobber a checkpoint by accident.
+  folder is an error, so a converter can never clobber a checkpoint by accident. `storage_dtype`
+  ("float16", "bfloat16") stores floating arrays in that type (shipped weights); loading casts them back
+  to the model's float32.
   """
   if kind not in KINDS:
     raise ValueError(f"unknown stage kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -130,6 +133,10 @@ def save_stage(directory: str | os.PathLike, params: Any, *, kind: str, config: 
   try:
     staging.mkdir()
     host_params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
+    if storage_dtype:
+      store = jax.numpy.dtype(storage_dtype)
+      host_params = jax.tree.map(lambda x: x.astype(store) if np.issubdtype(x.dtype, np.floating) else x, host_params)
+      extra = {**dict(extra or {}), "storage_dtype": storage_dtype}
     ckptr = _checkpointer()
     ckptr.save(staging / PARAMS_DIR, host_params)
     ckptr.wait_until_finished()
@@ -215,7 +222,12 @@ def load_stage_params(directory: str | os.PathLike, abstract_params: Any, *, kin
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
     raise UserError(f"stage checkpoint {directory} is damaged: its arrays cannot be read ({type(e).__name__}: "
                     f"{first}); {fix}") from None
-  bad = first_mismatch(meta.get(CHECKSUMS) or {}, params)
+  stored_dtypes = {path: dtype for path, (_, dtype) in stored_shapes.items()}
+
+  def as_stored(path, x):  # checksums were taken of the arrays as stored (e.g. float16 shipped weights)
+    dtype = stored_dtypes.get(jax.tree_util.keystr(path))
+    return x if dtype is None or np.dtype(dtype) == x.dtype else np.asarray(x).astype(dtype)
+  bad = first_mismatch(meta.get(CHECKSUMS) or {}, jax.tree_util.tree_map_with_path(as_stored, params))
   if bad is not None:
     raise UserError(f"stage checkpoint {directory} is damaged: array {bad} does not match the checksum saved "
                     f"with it; {fix}")

@@ -1,7 +1,9 @@
 """Evaluates an unCLIP pipeline on the `shapes` world: compositional accuracy, FD/KID/precision/recall,
 CLIP score and R-precision, zero-shot probes, the prior, and the guidance trade-off.
 
-    python -m unclip_jax.evaluate --checkpoint PIPELINE --suite NAME [--num N] [--seed S] [--out DIR]
+    python -m unclip_jax.evaluate [--checkpoint PIPELINE] --suite NAME [--num N] [--seed S] [--out DIR]
+
+Without --checkpoint the demo pipeline shipped in the package is evaluated.
 
 Suites: compositional, fd, clip_score, zeroshot, prior, guidance, all. Writes DIR/results.json,
 DIR/results.md (one markdown table), sample grids per compositional task (DIR/grids/) and, for guidance,
@@ -40,8 +42,11 @@ def _positive(value: int, what: str) -> int:
 
 
 def parse(argv: Sequence[str]):
+  from unclip_jax.eval import report
+
   p = ArgumentParser(prog="python -m unclip_jax.evaluate", description=__doc__.split("\n\n")[0])
-  p.add_argument("--checkpoint", required=True, help="pipeline folder (pipeline.json + stage folders)")
+  p.add_argument("--checkpoint", default=None,
+                 help="pipeline folder (pipeline.json + stage folders); default: the packaged demo pipeline")
   p.add_argument("--suite", required=True, help=f"one of {', '.join(SUITE_CHOICES)}")
   p.add_argument("--num", type=int, default=100,
                  help="prompts per cell: per task and split (compositional), per split (others) (default 100)")
@@ -67,6 +72,8 @@ def parse(argv: Sequence[str]):
   p.add_argument("--no-extra-zeroshot", action="store_true", help="zeroshot suite: skip fashion_mnist and emoji")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
   p.add_argument("--verbose", action="store_true", help="print the pipeline's per-call log")
+  p.add_argument("--update-readme", default=None, metavar="FILE",
+                 help=f"also put the results table into FILE between the lines {report.BEGIN!r} and {report.END!r}")
   args = p.parse_args(list(argv))
   if args.suite not in SUITE_CHOICES:
     raise UserError(f"unknown suite {args.suite!r}; choose one of {', '.join(SUITE_CHOICES)}")
@@ -100,8 +107,9 @@ def options(args):
     o.eval_clip_config = dataclasses.replace(o.eval_clip_config, steps=args.eval_clip_steps,
                                              pool=128 if small else o.eval_clip_config.pool,
                                              check_size=50 if small else o.eval_clip_config.check_size)
-  for stage, value in (("decoder", args.decoder_steps), ("prior", args.prior_steps)):
-    if value is not None:
+  for stages, value in ((("decoder",), args.decoder_steps), (("prior",), args.prior_steps),
+                        (("sr_64_256", "sr_256_1024"), args.sr_steps)):
+    for stage in stages if value is not None else ():
       o.overrides[stage] = {"steps": value}
   return o
 
@@ -112,8 +120,10 @@ def main(argv: Sequence[str]) -> int:
   args = parse(argv)
   opts = options(args)
   from unclip_jax.checkpoint import read_stage
-  from unclip_jax.pipeline import Pipeline, read_pipeline
+  from unclip_jax.pipeline import Pipeline, default_pipeline, read_pipeline
 
+  if args.checkpoint is None:
+    args.checkpoint = str(default_pipeline())
   read_pipeline(args.checkpoint)  # a clear error before anything slow
   if args.eval_clip:
     read_stage(args.eval_clip, kind="clip")
@@ -143,6 +153,9 @@ def main(argv: Sequence[str]) -> int:
           "output_size": pipe.output_size, "settings": {k: v.to_dict() for k, v in ctx.settings().items()},
           "seconds": timings, "argv": list(argv)}
   paths = report.write(results, out, meta)
+  if args.update_readme:
+    report.replace_block(args.update_readme, report.markdown(results))
+    paths["readme"] = Path(args.update_readme)
   print(report.markdown(results), end="")
   for name, path in paths.items():
     print(f"{name}: {path}")

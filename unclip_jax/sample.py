@@ -1,5 +1,6 @@
 """Sample images from an unCLIP pipeline folder (text → image, and the paper's applications).
 
+    python -m unclip_jax.sample --prompt "a red circle above a blue square"      (the packaged demo pipeline)
     python -m unclip_jax.sample --checkpoint DIR --prompt "a corgi" [--prompt ...] [--prompts-file F] --out OUT
     python -m unclip_jax.sample --from-sidecar OUT/0000.json --out OUT2          (reproduces that image exactly)
     python -m unclip_jax.sample variations IMAGE --checkpoint DIR --out OUT [--num 4]
@@ -7,6 +8,8 @@
     python -m unclip_jax.sample textdiff IMAGE --from "a photo of a cat" --to "an anime drawing of a cat" [--invert] ...
 
 `--invert` decodes from the images' DDIM latents (the paper's inversion) rather than from seed noise.
+Without --checkpoint the demo pipeline shipped in the package is used; without --out the images go to
+the next free samples/NNN folder.
 
 Writes one PNG per image (NNNN.png), a JSON sidecar beside each (prompt, seed, per-stage settings,
 checkpoint, dtype, weights, compiled batch) and grid.png (one row per prompt / application row);
@@ -31,17 +34,18 @@ from unclip_jax.errors import ArgumentParser, UserError, run_cli
 from unclip_jax.images import load_image, make_grid
 from unclip_jax.outputs import OutputSet
 from unclip_jax.pipeline import (PIPELINE_FILE, Pipeline, StageSampling, check_sampling, check_scale, check_steps,
-                                 image_keys, read_pipeline)
+                                 default_pipeline, image_keys, read_pipeline)
 
 MODES = ("variations", "interpolate", "textdiff")
 SIDECAR_VERSION = 1
 MAX_IMAGES = 10_000
 
 
-def _common(p: argparse.ArgumentParser, *, checkpoint_required: bool = True) -> None:
-  p.add_argument("--checkpoint", required=checkpoint_required, help="pipeline folder (pipeline.json + stages)")
-  p.add_argument("--out", required=True, help="output folder for PNGs, sidecars and the grid (a folder holding "
-                 "earlier results is refused unless --overwrite)")
+def _common(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--checkpoint", default=None,
+                 help="pipeline folder (pipeline.json + stages); default: the demo pipeline shipped in the package")
+  p.add_argument("--out", default=None, help="output folder for PNGs, sidecars and the grid (default: the next "
+                 "free samples/NNN; a folder holding earlier results is refused unless --overwrite)")
   p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
   p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
   p.add_argument("--batch-size", type=int, default=None, help="images per compiled batch (default: all)")
@@ -65,7 +69,7 @@ def _parser(mode: str | None) -> argparse.ArgumentParser:
   p = ArgumentParser(prog=prog, description=__doc__ if mode is None else __doc__.split("\n\n")[0],
               formatter_class=argparse.RawDescriptionHelpFormatter)
   if mode is None:
-    _common(p, checkpoint_required=False)
+    _common(p)
     p.add_argument("--prompt", action="append", default=[], help="caption (repeatable)")
     p.add_argument("--prompts-file", default=None, help="text file, one caption per non-empty line")
     p.add_argument("--num", type=int, default=1, help="images per prompt")
@@ -239,8 +243,6 @@ def _write_images(writer: OutputSet, args, pipe, settings, mode: str, result: di
 def run_text(args, log) -> list[Path]:
   if args.from_sidecar:
     return run_sidecar(args, log)
-  if not args.checkpoint:
-    raise UserError("--checkpoint is required (or give --from-sidecar)")
   prompts = _read_prompts(args)
   _check_num(args.num)
   writer, pipe, settings = _start(args, log)
@@ -378,10 +380,20 @@ def _report_timings(pipe, n_images: int, log) -> None:
       f"({run_s / max(n_images, 1):.2f}s per image)")
 
 
+def next_free_folder(root: Path = Path("samples")) -> Path:
+  """root/001, root/002, ...: the first that does not exist yet."""
+  taken = {int(p.name) for p in root.glob("[0-9][0-9][0-9]*") if p.name.isdigit()} if root.is_dir() else set()
+  return root / f"{max(taken, default=0) + 1:03d}"
+
+
 def main(argv: Sequence[str]) -> int:
   argv = list(argv)
   mode = argv[0] if argv and argv[0] in MODES else None
   args = _parser(mode).parse_args(argv[1:] if mode else argv)
+  if args.out is None:
+    args.out = str(next_free_folder())
+  if args.checkpoint is None and not (mode is None and args.from_sidecar):
+    args.checkpoint = str(default_pipeline())
   log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
   if mode == "variations":
     written = run_variations(args, log)

@@ -1,6 +1,10 @@
 """Zero-shot image classification with a CLIP stage checkpoint (library API and CLI).
 
     python -m unclip_jax.zeroshot --checkpoint DIR --labels "cat,dog,car" IMAGE...
+    python -m unclip_jax.zeroshot --labels "red circle,blue square" IMAGE...   (the packaged demo's CLIP)
+
+DIR is a CLIP stage checkpoint or a pipeline folder (its CLIP is used); the default is the demo pipeline
+shipped in the package.
 
 Each class is embedded through several prompt templates ("a photo of a {}."); each template embedding
 is L2-normalised, the class embedding is their renormalised mean (CLIP's prompt ensembling), and an
@@ -70,9 +74,20 @@ class ZeroShotClassifier:
     return z / z.sum(axis=-1, keepdims=True)
 
 
+def clip_folder(checkpoint: str | None) -> Path:
+  """The CLIP stage folder of `checkpoint`: itself, or a pipeline folder's clip stage (default: the demo)."""
+  from unclip_jax.pipeline import PIPELINE_FILE, default_pipeline, read_pipeline
+
+  folder = Path(checkpoint) if checkpoint else default_pipeline()
+  if (folder / PIPELINE_FILE).is_file():
+    return read_pipeline(folder)["paths"]["clip"]
+  return folder
+
+
 def main(argv: Sequence[str]) -> int:
   parser = ArgumentParser(prog="python -m unclip_jax.zeroshot", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--checkpoint", required=True, help="CLIP stage checkpoint folder")
+  parser.add_argument("--checkpoint", default=None,
+                      help="CLIP stage checkpoint or pipeline folder (default: the packaged demo pipeline)")
   parser.add_argument("--labels", required=True, help="comma-separated class names")
   parser.add_argument("--template", action="append", dest="templates",
                       help="prompt template with {} (repeatable); default: a small photo ensemble")
@@ -89,7 +104,7 @@ def main(argv: Sequence[str]) -> int:
       raise UserError(f"image {path} does not exist" if not Path(path).exists() else f"{path} is not a file")
   from unclip_jax.models.clip_encoder import load_clip
 
-  config, params = load_clip(args.checkpoint)
+  config, params = load_clip(clip_folder(args.checkpoint))
   images = np.stack([load_image(p, config.image_size) for p in args.images])
   classifier = ZeroShotClassifier(config, params, labels, args.templates or DEFAULT_TEMPLATES)
   probs = classifier.predict(images)

@@ -260,3 +260,19 @@ def test_a_damaged_stage_checkpoint_is_named_in_one_error_line(damage, message, 
   assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
   assert f"stage checkpoint {stage} is damaged" in lines[0] and message in lines[0], lines[0]
   assert not (tmp_path / "o").exists()
+
+
+def test_defaults_the_packaged_pipeline_and_the_next_free_samples_folder(pipe_dir, tmp_path, capsys, monkeypatch):
+  from unclip_jax.pipeline import folder
+
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(folder, "DEMO_PIPELINE", tmp_path / "not_installed")
+  code, _, err = cli(["--prompt", "a red circle"], capsys)
+  assert code == 2 and "no --checkpoint given and this install has no demo pipeline" in err
+  monkeypatch.setattr(folder, "DEMO_PIPELINE", Path(pipe_dir))
+  for expected in ("001", "002"):  # each run gets a new folder, so nothing is refused or overwritten
+    code, out, err = cli(["--prompt", "a red circle"], capsys)
+    assert code == 0, err
+    assert f"samples/{expected}" in out and (tmp_path / "samples" / expected / "0000.png").is_file()
+  rec = json.loads((tmp_path / "samples" / "001" / "0000.json").read_text())
+  assert rec["checkpoint"] == str(Path(pipe_dir).absolute())

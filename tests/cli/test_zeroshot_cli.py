@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -132,3 +133,16 @@ def test_prompt_ensemble_is_renormalised_mean(files):
   assert probs.shape == (3, 2)
   np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
 
+
+
+def test_a_pipeline_folder_or_the_packaged_default_gives_its_clip(files, pipe_dir, capsys, monkeypatch):
+  """--checkpoint may name a pipeline folder (its CLIP stage is used); without it the packaged demo is."""
+  from unclip_jax.pipeline import folder
+
+  root, _ = files
+  assert zeroshot.clip_folder(str(pipe_dir)) == Path(pipe_dir) / "clip"
+  assert zeroshot.clip_folder(str(root / "clip")) == root / "clip"
+  monkeypatch.setattr(folder, "DEMO_PIPELINE", Path(pipe_dir))
+  assert zeroshot.clip_folder(None) == Path(pipe_dir) / "clip"
+  code, out, err = _run(["--labels", "cat,dog", str(root / "img.png")], capsys)
+  assert code == 0 and out.startswith(f"{root / 'img.png'}: "), err

@@ -38,12 +38,15 @@ def _run(argv, capsys):
     (["--suite", "fd", "--num", "0"], "--num must be at least 1"),
     (["--suite", "guidance", "--decoder-guidance", "1,x"], "--decoder-guidance"),
 ])
-def test_bad_input_is_one_error_line(tmp_path, capsys, args, words):
+def test_bad_input_is_one_error_line(tmp_path, capsys, args, words, monkeypatch):
+  from unclip_jax.pipeline import folder
+
   code, out, err = _run(["--checkpoint", tmp_path, "--out", tmp_path / "out", *args], capsys)
   assert code == 2 and out == ""
   assert err.startswith("error: ") and err.count("\n") == 1 and words in err, err
-  code, _, err = _run(["--suite", "fd"], capsys)  # no --checkpoint
-  assert code == 2 and err.startswith("error: ") and "--checkpoint" in err
+  monkeypatch.setattr(folder, "DEMO_PIPELINE", tmp_path / "not_installed")
+  code, _, err = _run(["--suite", "fd"], capsys)  # no --checkpoint and no packaged demo
+  assert code == 2 and err.startswith("error: ") and "no --checkpoint given" in err
 
 
 def test_every_suite_end_to_end(pipe, tmp_path, capsys, monkeypatch):
@@ -104,3 +107,17 @@ def test_every_suite_end_to_end(pipe, tmp_path, capsys, monkeypatch):
   assert net.meta["config"]["steps"] == 5
   scorer, info = clip_eval.load_or_train(cache, opts.eval_clip_config, log=lambda m: None)
   assert info["evaluator"]["steps"] == 5 and scorer.config.embed_dim == 32
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+  from unclip_jax.errors import UserError
+  from unclip_jax.eval import report
+
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# intro\n{report.BEGIN}\nold table\n{report.END}\nafter\n")
+  report.replace_block(readme, "| new | table |")
+  assert readme.read_text() == f"# intro\n{report.BEGIN}\n| new | table |\n{report.END}\nafter\n"
+  (tmp_path / "plain.md").write_text("no markers\n")
+  with pytest.raises(UserError, match="needs one line"):
+    report.replace_block(tmp_path / "plain.md", "x")
+  assert (tmp_path / "plain.md").read_text() == "no markers\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -57,3 +59,35 @@ def test_init_random_refuses_a_non_empty_folder(tmp_path, capsys):
     run_cli(pipeline_cli.main, ["init-random", "--preset", "tiny", "--out", str(tmp_path / "x")])
   assert e.value.code == 2 and "not empty" in capsys.readouterr().err
   assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["keep.txt"]
+
+
+def test_pack_ships_sampling_weights_in_float16_with_settings_and_meta(pipe_dir, tmp_path, capsys):
+  """pack: each stage's sampling weights stored as float16 (about half the bytes), the settings given,
+  the meta fields; the packed pipeline samples like the source (float16 rounding aside)."""
+  import json
+
+  meta = tmp_path / "meta.json"
+  meta.write_text(json.dumps({"recipe": "test", "results": {"x": 1}}))
+  out = tmp_path / "packed"
+  with pytest.raises(SystemExit) as e:
+    run_cli(pipeline_cli.main, ["pack", str(pipe_dir), "--out", str(out), "--meta", str(meta),
+                                "--sampling", '{"decoder": {"steps": "3", "guidance_scale": 2.5}}'])
+  assert e.value.code == 0, capsys.readouterr().err
+  info = P.read_pipeline(out)
+  assert info["meta"]["recipe"] == "test" and info["meta"]["results"] == {"x": 1}
+  assert (info["sampling"]["decoder"].steps, info["sampling"]["decoder"].guidance_scale) == ("3", 2.5)
+  assert info["sampling"]["prior"] == P.read_pipeline(pipe_dir)["sampling"]["prior"]
+  assert all(info["stages"][s]["storage_dtype"] == "float16" for s in info["paths"])
+
+  def size(d):
+    return sum(p.stat().st_size for p in Path(d).rglob("*") if p.is_file())
+  assert size(out) < 0.7 * size(pipe_dir)
+  a, b = P.Pipeline.load(pipe_dir, log=lambda m: None), P.Pipeline.load(out, log=lambda m: None)
+  np.testing.assert_allclose(np.asarray(b.decoder_params["unet"]["conv_in"]["kernel"]),
+                             np.asarray(a.decoder_params["unet"]["conv_in"]["kernel"]), atol=2e-3)
+  with pytest.raises(SystemExit) as e:  # bad settings and a non-empty --out: one line, exit 2
+    run_cli(pipeline_cli.main, ["pack", str(pipe_dir), "--out", str(tmp_path / "p2"), "--sampling", '{"nope": {}}'])
+  assert e.value.code == 2 and "nope" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:
+    run_cli(pipeline_cli.main, ["pack", str(pipe_dir), "--out", str(out)])
+  assert e.value.code == 2 and "not empty" in capsys.readouterr().err

@@ -152,3 +152,23 @@ def write(results: dict, out: str | Path, meta: dict) -> dict[str, Path]:
   write_text_atomic(out / "results.md", markdown(results))
   paths["json"], paths["markdown"] = out / "results.json", out / "results.md"
   return paths
+
+
+BEGIN, END = "<!-- evaluate:results -->", "<!-- /evaluate:results -->"
+
+
+def replace_block(path: str | Path, text: str) -> Path:
+  """Replaces what lies between the BEGIN and END lines of the text file `path` with `text` (atomically);
+  a file without both markers is a UserError, so nothing else is ever overwritten."""
+  from unclip_jax.errors import UserError
+
+  path = Path(path)
+  try:
+    lines = path.read_text().splitlines(keepends=True)
+  except OSError as e:
+    raise UserError(f"--update-readme {path}: {e.strerror or e}") from None
+  marks = [i for i, line in enumerate(lines) if line.strip() in (BEGIN, END)]
+  if len(marks) != 2 or lines[marks[0]].strip() != BEGIN:
+    raise UserError(f"--update-readme {path} needs one line {BEGIN!r} followed by one line {END!r}")
+  body = text if text.endswith("\n") else text + "\n"
+  return write_text_atomic(path, "".join(lines[:marks[0] + 1]) + body + "".join(lines[marks[1]:]))

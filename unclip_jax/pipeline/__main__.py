@@ -2,6 +2,7 @@
 
     python -m unclip_jax.pipeline init-random --preset tiny --out DIR
     python -m unclip_jax.pipeline assemble --clip C --prior P --decoder D --sr-64-256 S [--sr-64-256-last L] --out DIR
+    python -m unclip_jax.pipeline pack SRC --out DIR [--dtype float16] [--meta results.json]
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from unclip_jax.errors import ArgumentParser, run_cli
-from unclip_jax.pipeline.folder import REQUIRED, STAGE_KINDS, assemble
+import json
+from pathlib import Path
+
+from unclip_jax.errors import ArgumentParser, UserError, run_cli
+from unclip_jax.pipeline.folder import REQUIRED, STAGE_KINDS, assemble, pack
 from unclip_jax.pipeline.random_weights import PRESETS, make_random_pipeline
 
 
@@ -27,11 +31,37 @@ def main(argv: Sequence[str]) -> int:
                    required=name in REQUIRED, help=f"{STAGE_KINDS[name]} stage folder")
   a.add_argument("--preset", default="karlo", choices=("karlo", "paper"), help="sampling defaults")
   a.add_argument("--out", required=True)
+  k = sub.add_parser("pack", help="a self-contained copy of a pipeline for shipping: sampling weights only, "
+                                  "stored in a smaller dtype")
+  k.add_argument("src", help="pipeline folder")
+  k.add_argument("--out", required=True)
+  k.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"), help="storage dtype")
+  k.add_argument("--no-ema", dest="ema", action="store_false", help="ship the online weights, not the EMA")
+  k.add_argument("--meta", default=None, help="JSON file whose fields are added to pipeline.json (recipe, results)")
+  k.add_argument("--sampling", default=None,
+                 help='JSON of sampling defaults to set, e.g. \'{"decoder": {"steps": "50", "guidance_scale": 3}}\'')
   args = parser.parse_args(list(argv))
   if args.command == "init-random":
     out = make_random_pipeline(args.out, args.preset, args.seed)
-  else:
+  elif args.command == "assemble":
     out = assemble(args.out, {n: getattr(args, n) for n in STAGE_KINDS}, preset=args.preset)
+  else:
+    meta = None
+    if args.meta:
+      try:
+        meta = json.loads(Path(args.meta).read_text())
+      except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"--meta {args.meta} is not a readable JSON file ({e})") from None
+      if not isinstance(meta, dict):
+        raise UserError(f"--meta {args.meta} must hold a JSON object")
+    try:
+      sampling = json.loads(args.sampling) if args.sampling else None
+    except json.JSONDecodeError as e:
+      raise UserError(f"--sampling is not valid JSON ({e.msg})") from None
+    if sampling is not None and not (isinstance(sampling, dict) and all(isinstance(v, dict) for v in sampling.values())):
+      raise UserError("--sampling must be a JSON object {stage: {field: value}}")
+    out = pack(args.src, args.out, storage_dtype=None if args.dtype == "float32" else args.dtype, ema=args.ema,
+               meta=meta, sampling=sampling)
   print(f"pipeline: {out}")
   return 0
 

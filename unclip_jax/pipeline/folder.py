@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Callable
 
-from unclip_jax.checkpoint import load_stage_params, read_stage
+from unclip_jax.checkpoint import load_stage_params, read_stage, save_stage
 from unclip_jax.diffusion.config import diffusion_config
 from unclip_jax.errors import UserError
 from unclip_jax.io import write_text_atomic
 from unclip_jax.models import registry
-from unclip_jax.pipeline.settings import DIFFUSION_STAGES, StageSampling, check_sampling
+from unclip_jax.pipeline.settings import DIFFUSION_STAGES, StageSampling, apply_overrides, check_sampling
 
 PIPELINE_FILE = "pipeline.json"
+# The demo pipeline shipped inside the package (launch/train_demo.sh trains it): the default --checkpoint.
+DEMO_PIPELINE = Path(__file__).resolve().parents[1] / "assets" / "demo"
 FORMAT_VERSION = 1
 # stage name -> stage checkpoint kind; required stages first
 STAGE_KINDS = {"clip": "clip", "prior": "prior", "decoder": "decoder", "sr_64_256": "upsampler",
@@ -128,3 +132,46 @@ def load_stage_tree(path: Path, kind: str, meta: dict, *, ema: bool, log: Callab
   if ema and kind != "clip":
     log(f"{path.name}: no EMA weights in this checkpoint; using its params")
   return load_stage_params(path, abstract, kind=kind), "params"
+
+
+def default_pipeline() -> Path:
+  """The packaged demo pipeline, what CLIs use when no --checkpoint is given."""
+  if not (DEMO_PIPELINE / PIPELINE_FILE).is_file():
+    raise UserError(f"no --checkpoint given and this install has no demo pipeline ({DEMO_PIPELINE}); pass "
+                    "--checkpoint DIR (a pipeline folder), or train one with launch/train_demo.sh")
+  return DEMO_PIPELINE
+
+
+def pack(src: str | os.PathLike, out: str | os.PathLike, *, storage_dtype: str = "float16", ema: bool = True,
+         meta: dict | None = None, sampling: dict | None = None, log: Callable[[str], None] = print) -> Path:
+  """Copies pipeline `src` into a self-contained folder `out` for shipping: each stage holds only the
+  weights sampling uses (the EMA where there is one) stored as `storage_dtype`, pipeline.json keeps the
+  source's sampling settings with `sampling` ({stage: {field: value}}) applied, plus `meta` (recipe,
+  commit, evaluation). Written whole or not at all."""
+  info = read_pipeline(src)
+  unknown = sorted(set(sampling or {}) - set(info["sampling"]))
+  if unknown:
+    raise UserError(f"sampling settings for stage(s) {', '.join(unknown)}, which {src} does not have")
+  settings = apply_overrides(info["sampling"], sampling)
+  out = Path(out)
+  if out.exists() and any(out.iterdir()):
+    raise UserError(f"{out} already exists and is not empty; choose another --out folder")
+  staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    for name, path in info["paths"].items():
+      stage_meta = info["stages"][name]
+      kind = STAGE_KINDS[name]
+      tree, which = load_stage_tree(path, kind, stage_meta, ema=ema, log=log)
+      keep = {k: v for k, v in stage_meta.items() if k in ("step", "source")}
+      save_stage(staging / name, tree, kind=kind, config=stage_meta["config"], storage_dtype=storage_dtype,
+                 extra={**keep, "ema": False, "weights": which})
+      log(f"  {name}: {which} weights as {storage_dtype}")
+    write_pipeline_json(staging, {n: n for n in info["paths"]}, {s: v.to_dict() for s, v in settings.items()},
+                        info["meta"].get("preset", ""), meta)
+    if out.exists():
+      out.rmdir()
+    os.replace(staging, out)
+  finally:
+    if staging.exists():
+      shutil.rmtree(staging, ignore_errors=True)
+  return out
