@@ -1,8 +1,13 @@
-"""CLIP training configs: presets `tiny` (CPU tests, toy shapes data), `vit_b32`, `vit_l14` (Karlo's CLIP).
+"""CLIP training configs: presets `tiny` (CPU tests, toy shapes data), `demo` (the shapes demo pipeline of
+`launch/train_demo.sh`), `vit_b32`, `vit_l14` (Karlo's CLIP).
 
 Run (the training CLI arrives in a later issue):
 
     python -m unclip_jax.train --config configs/clip.py:tiny --workdir /tmp/clip_tiny
+    python -m unclip_jax.train --config configs/clip.py:demo --workdir runs/demo/clip --data_dir runs/demo/data
+
+`demo`: a 32 px ViT (patch 4, width 96, 3 layers) and a 4-layer, 64-wide text tower (context 16; the
+shapes captions are at most 10 tokens), 64-d embeddings, trained on `prepare shapes --image_size 32`.
 
 `config.model` holds exactly the fields of `unclip_jax.models.clip.CLIPConfig`, so it is what a stage
 checkpoint's `stage.json` stores; `config.train` follows OpenCLIP's recipe (AdamW, cosine schedule with
@@ -39,6 +44,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     train.steps = 300
     config.optim.update(dict(lr=3e-3, warmup_steps=20, weight_decay=0.0))
     train.log_every = 50
+    train.checkpoint_every = 100
+  elif name == "demo":
+    data.name, data.config = "shapes", "32"  # `prepare shapes --image_size 32`: 50,000 captioned 32x32 scenes
+    train.batch_size = 128
+    train.steps = 700
+    config.optim.update(dict(lr=1e-3, warmup_steps=50, weight_decay=0.1))
+    train.log_every = 25
     train.checkpoint_every = 100
   elif name == "vit_l14":
     config.optim.update(dict(lr=4e-4, warmup_steps=2_000))

@@ -1,13 +1,17 @@
-"""64px decoder configs: presets `tiny` (CPU tests), `karlo` (Kakao Brain's released decoder), `paper`.
+"""64px decoder configs: presets `tiny` (CPU tests), `demo` (the shapes demo pipeline of
+`launch/train_demo.sh`), `karlo` (Kakao Brain's released decoder), `paper`.
 
 Run:
 
     python -m unclip_jax.train --config configs/decoder.py:tiny --workdir /tmp/decoder_tiny
+    python -m unclip_jax.train --config configs/decoder.py:demo --workdir runs/demo/decoder --data_dir runs/demo/data
 
 `config.model` (`unclip_jax.models.presets`) holds the fields of `unclip_jax.models.unet.UNet` plus those of its `TextProj`
 (`clip_embeddings_dim`, `clip_extra_context_tokens`), built by `unclip_jax.models.unet.decoder_from_config`.
 `attention_levels[i]` says whether level i (64, 32, 16, 8 px for 4 levels) has attention.
 Sizes:
+  * demo: 32 px (the 32->64 `configs/upsampler.py:demo` follows), channels 32/64/128, 2 res blocks, attention
+    at 16 and 8 px (32 head channels), 128-d context tokens, CLIP `configs/clip.py:demo` (64-d) conditioning.
   * karlo: 320 ch, mult 1,2,3,4, 3 res blocks, attention at 32/16/8, 64 head channels, 1536-d context
     tokens, CLIP ViT-L/14 (768-d) conditioning: 0.90B (UNet + text_proj; diffusers' meta-device count).
   * paper: GLIDE's 3.5B architecture: 512 ch, mult 1,2,3,4, 3 res blocks, attention at 32/16/8, 64 head
@@ -48,4 +52,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     train.batch_size, train.steps = 16, 200
     config.optim.update(dict(lr=1e-3, warmup_steps=10, ema_decay=0.99))
     train.log_every, train.checkpoint_every, train.sample_every = 50, 100, 100
+  elif name == "demo":
+    data.config = "shapes32"  # the embedded 32px shapes (`python -m unclip_jax.embed ... --name shapes32`)
+    train.batch_size, train.steps = 16, 1900
+    train.text_drop = 0.2
+    config.diffusion.sample.guidance_scale = 3.0  # the training grids' guidance (Karlo's 8 overshoots small models)
+    config.optim.update(dict(lr=5e-4, warmup_steps=100, ema_decay=0.995))
+    train.log_every, train.checkpoint_every, train.sample_every = 25, 100, 500
   return config

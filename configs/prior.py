@@ -1,8 +1,10 @@
-"""Diffusion prior configs: presets `tiny` (CPU tests), `karlo` (Kakao Brain's released 1B prior), `paper`.
+"""Diffusion prior configs: presets `tiny` (CPU tests), `demo` (the shapes demo pipeline of
+`launch/train_demo.sh`), `karlo` (Kakao Brain's released 1B prior), `paper`.
 
 Run:
 
     python -m unclip_jax.train --config configs/prior.py:tiny --workdir /tmp/prior_tiny
+    python -m unclip_jax.train --config configs/prior.py:demo --workdir runs/demo/prior --data_dir runs/demo/data
 
 `config.model` (`unclip_jax.models.presets`) holds exactly the fields of `unclip_jax.models.prior.PriorTransformer` (diffusers'
 `PriorTransformer` names), so a stage checkpoint's `stage.json` can rebuild the model; `model.dtype` is the
@@ -10,6 +12,7 @@ compute dtype (params stay float32). Sizes:
   * karlo: width 2048 (32 heads × 64), 20 layers, 77 CLIP ViT-L/14 text tokens, 768-d embeddings (≈1.0B).
   * paper: width 2048, 24 blocks, 256 text tokens, 1024-d ViT-H/16 embeddings (Appendix C). That is 1.22B
     parameters; the paper's Table 3 rounds it to "1B".
+  * demo: width 128 (4 heads × 32), 4 layers, 16 text tokens, 64-d embeddings (configs/clip.py:demo).
 The embedding standardisation (clip_mean / clip_std) is the Karlo one in both presets; see
 `unclip_jax.models.prior`. `config.diffusion` is `unclip_jax.diffusion.config.diffusion_config("prior", ...)`.
 """
@@ -46,4 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     train.batch_size, train.steps = 32, 200
     config.optim.update(dict(lr=1e-3, warmup_steps=10, ema_decay=0.99))
     train.log_every, train.checkpoint_every = 50, 100
+  elif name == "demo":
+    data.config = "shapes32"  # `python -m unclip_jax.embed ... --dataset shapes --dataset_config 32 --name shapes32`
+    train.batch_size, train.steps = 64, 600
+    config.optim.update(dict(lr=5e-4, warmup_steps=100, ema_decay=0.995))
+    train.log_every, train.checkpoint_every = 50, 250
   return config

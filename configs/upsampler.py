@@ -1,11 +1,16 @@
 """Super-resolution configs. The argument picks flavour and stage: `FLAVOUR[_STAGE]`.
 
-    FLAVOUR  tiny | karlo | paper
-    STAGE    64_256 (default) | 256_1024     (Karlo released only 64→256)
+    FLAVOUR  tiny | demo | karlo | paper
+    STAGE    64_256 (default) | 256_1024     (Karlo released only 64→256; demo has only the first slot)
 
 e.g. `tiny`, `tiny_256_1024`, `karlo_64_256`, `paper_256_1024`. Run:
 
     python -m unclip_jax.train --config configs/upsampler.py:karlo_64_256 --workdir /tmp/sr_64_256
+    python -m unclip_jax.train --config configs/upsampler.py:demo --workdir runs/demo/sr --data_dir runs/demo/data
+
+`demo` fills the pipeline's first upsampler slot (`sr_64_256`) with a 32→64 model (channels 32/64/64, 1 res
+block, scale-shift) after the 32 px `configs/decoder.py:demo`, trained on 32 px crops of
+`prepare shapes --image_size 64` (50,000 scenes).
 
 `config.model` holds the fields of `unclip_jax.models.unet.UNet` for an attention-free UNet whose input is
 the noisy high-resolution image concatenated with the upsampled low-resolution one (6 channels); build
@@ -59,4 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     train.batch_size, train.steps = 16, 200
     config.optim.update(dict(lr=1e-3, warmup_steps=10, ema_decay=0.99))
     train.log_every, train.checkpoint_every = 50, 100
+  elif flavour == "demo":
+    data.name, data.config = "shapes", "64"  # `prepare shapes --image_size 64`: 50,000 captioned 64x64 scenes
+    train.crop_fraction = 0.5  # 32 px crops of the 64 px images
+    train.batch_size, train.steps = 32, 400
+    config.optim.update(dict(lr=5e-4, warmup_steps=50, ema_decay=0.995))
+    train.log_every, train.checkpoint_every = 50, 200
   return config

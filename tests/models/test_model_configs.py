@@ -122,3 +122,25 @@ def test_karlo_presets_equal_diffusers_meta_models():
   assert n_params("prior", "karlo") == numel(prior)
   assert n_params("decoder", "karlo") == numel(decoder) + numel(text_proj)
   assert n_params("upsampler", "karlo_64_256") == numel(sr)
+def test_demo_presets_fit_together_and_in_30_mb():
+  """The `demo` stack of launch/train_demo.sh: stages agree on widths and sizes, 64 px out, T = 1000, and
+  every stage's weights (the EMA the pipeline loads) fit in 30 MB as float16."""
+  from unclip_jax.models import clip as clip_lib
+  from unclip_jax.models.tokenizer import VOCAB_SIZE
+
+  clip = load_config("clip", "demo").model
+  prior, decoder, sr = (load_config(k, "demo") for k in ("prior", "decoder", "upsampler"))
+  assert clip.text_width == clip.embed_dim == prior.model.embedding_dim == decoder.model.clip_embeddings_dim
+  assert clip.context_length == prior.model.num_embeddings == decoder.model.text_len
+  assert clip.image_size == decoder.model.image_size == sr.model.low_res_size == 32 and sr.model.image_size == 64
+  assert sr.stage == "sr_64_256" and sr.data.config == "64" and decoder.data.config == prior.data.config
+  assert {c.diffusion.timesteps for c in (prior, decoder, sr)} == {1000}
+  config = clip_lib.CLIPConfig.from_dict(dict(clip))
+  assert config.vocab_size == VOCAB_SIZE
+  counts = {"clip": count(clip_lib.abstract_params(config)),
+            **{kind: n_params(kind, "demo") for kind in ("prior", "decoder", "upsampler")}}
+  assert sum(counts.values()) * 2 <= 30e6, counts
+  with pytest.raises(ValueError):
+    load_config("upsampler", "demo_256_1024")
+
+

@@ -147,7 +147,7 @@ def pack(src: str | os.PathLike, out: str | os.PathLike, *, storage_dtype: str =
   """Copies pipeline `src` into a self-contained folder `out` for shipping: each stage holds only the
   weights sampling uses (the EMA where there is one) stored as `storage_dtype`, pipeline.json keeps the
   source's sampling settings with `sampling` ({stage: {field: value}}) applied, plus `meta` (recipe,
-  commit, evaluation). Written whole or not at all."""
+  commit, evaluation), which each stage.json also records as "provenance". Written whole or not at all."""
   info = read_pipeline(src)
   unknown = sorted(set(sampling or {}) - set(info["sampling"]))
   if unknown:
@@ -164,7 +164,7 @@ def pack(src: str | os.PathLike, out: str | os.PathLike, *, storage_dtype: str =
       tree, which = load_stage_tree(path, kind, stage_meta, ema=ema, log=log)
       keep = {k: v for k, v in stage_meta.items() if k in ("step", "source")}
       save_stage(staging / name, tree, kind=kind, config=stage_meta["config"], storage_dtype=storage_dtype,
-                 extra={**keep, "ema": False, "weights": which})
+                 extra={**keep, "ema": False, "weights": which, **({"provenance": meta} if meta else {})})
       log(f"  {name}: {which} weights as {storage_dtype}")
     write_pipeline_json(staging, {n: n for n in info["paths"]}, {s: v.to_dict() for s, v in settings.items()},
                         info["meta"].get("preset", ""), meta)

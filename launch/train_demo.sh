@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The shapes demo pipeline, trained end to end on a CPU with the project's own commands and the `demo`
+# presets, then evaluated and packed into the package (the default --checkpoint of sample/zeroshot/evaluate):
+#   shapes data (32 px and 64 px) -> CLIP -> embed -> prior, 32 px decoder, 32->64 upsampler
+#   -> pipeline folder -> sample grid -> evaluate --suite all (README table) -> training curves
+#   -> unclip_jax/assets/demo (EMA weights as float16, with the recipe, commit and evaluation numbers)
+# Usage: bash launch/train_demo.sh [OUT_DIR]     (from the repository root, venv active)
+# Rerunning resumes: data and embeddings are reused, each stage continues from its latest checkpoint
+# (a finished stage just re-exports), finished evaluation and packing are kept.
+# Per stage: OUT/STAGE/metrics.jsonl, OUT/decoder/samples/*.png (training grids: data above, guided samples
+# below), OUT/STAGE/export (the weights the next step loads), OUT/logs/*.log, OUT/logs/times.txt (seconds).
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+OUT=${1:-runs/demo}
+CONFIGS="$REPO/configs"
+# On a 2-core CPU, 2 virtual devices keep both cores busy (8 are slower, see the README's benchmarks);
+# the YNNPACK fusion flag speeds up XLA:CPU's dots and elementwise ops.
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=2 --xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
+mkdir -p "$OUT/logs"
+cd "$OUT"
+
+stamp() { echo "[$(date '+%F %T')] $*"; }
+# run NAME CMD...: runs a step with its output in logs/NAME.log, and logs its wall time.
+run() {
+  local name=$1 start=$SECONDS
+  shift
+  stamp "start $name"
+  "$@" > "logs/$name.log" 2>&1 || { stamp "FAILED $name (exit $?): see $OUT/logs/$name.log"; tail -n 20 "logs/$name.log"; exit 1; }
+  stamp "done $name in $((SECONDS - start)) s"
+  echo "$name $((SECONDS - start))" >> logs/times.txt
+}
+train() {  # train NAME CONFIG ARGS...: one stage, resuming from WORKDIR=NAME
+  local name=$1 config=$2
+  shift 2
+  run "$name" python -m unclip_jax.train --config "$CONFIGS/$config" --workdir "$name" --data_dir data --no_progress "$@"
+  # A stage stopped by SIGTERM or Ctrl-C saves and exits 0 without an export: stop here; rerunning resumes it.
+  [ -f "$name/export/stage.json" ] || { stamp "$name stopped before its last step; rerun this script to resume"; exit 1; }
+}
+
+# 50,000 + 2,000 scenes each: 32 px for CLIP, 64 px for the upsampler; and the first 25,000 (+ 500) of the
+# 32 px ones again, which CLIP embeds for the prior and decoder (embedding is the slow part).
+run data32 python -m unclip_jax.data.prepare shapes --data_dir data --image_size 32
+run data64 python -m unclip_jax.data.prepare shapes --data_dir data --image_size 64
+run data32e python -m unclip_jax.data.prepare shapes --data_dir data --image_size 32 --train_size 25000 --heldout_size 500
+train clip clip.py:demo
+# embed refuses to overwrite: a completed embedding is reused (tfds builds it in an `incomplete.*` folder first).
+rm -rf data/embedded/shapes32/incomplete.*
+[ -f data/embedded/shapes32/1.0.0/dataset_info.json ] || run embed python -m unclip_jax.embed --checkpoint clip/export \
+  --data_dir data --dataset shapes --dataset_config 32_n25000_h500_s0 --splits train,heldout --name shapes32 \
+  --batch_size 256
+train prior prior.py:demo
+train decoder decoder.py:demo
+train sr upsampler.py:demo
+[ -f pipeline/pipeline.json ] || run assemble python -m unclip_jax.pipeline assemble --clip clip/export \
+  --prior prior/export --decoder decoder/export --sr-64-256 sr/export --out pipeline
+
+# The demo's sampling defaults (Karlo's 25/25/7 steps and guidance 4/8 overshoot these small models):
+SAMPLING='{"prior": {"steps": "25", "guidance_scale": 2.0}, "decoder": {"steps": "50", "guidance_scale": 3.0}, "sr_64_256": {"steps": "25"}}'
+[ -f demo/pipeline.json ] || run pack_eval python -m unclip_jax.pipeline pack pipeline --out demo --sampling "$SAMPLING"
+run sample python -m unclip_jax.sample --checkpoint demo --num 4 --out samples --overwrite \
+  --prompt "a red circle" --prompt "a blue square" --prompt "a yellow triangle" \
+  --prompt "a red circle above a blue square" --prompt "a green square left of a yellow circle" \
+  --prompt "a blue circle and a red triangle" --prompt "three green triangles" --prompt "two white circles"
+[ -f eval/results.json ] || run evaluate python -m unclip_jax.evaluate --checkpoint demo --suite all --num 100 \
+  --out eval --no-progress --update-readme "$REPO/README.md"
+run curves python -m unclip_jax.train.curves clip prior decoder sr --out curves.png
+
+# Ship it: the evaluated weights, with the recipe, the commit and the evaluation numbers in every stage.json.
+python - "$REPO" <<'PY'
+import json, subprocess, sys
+from pathlib import Path
+repo = Path(sys.argv[1])
+times = {}
+for line in Path("logs/times.txt").read_text().split("\n"):
+  if line.strip():
+    name, seconds = line.split()
+    times[name] = times.get(name, 0) + int(seconds)
+commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+results = json.loads(Path("eval/results.json").read_text())
+meta = {"recipe": "launch/train_demo.sh (configs/*.py:demo)", "commit": commit, "wall_seconds": times,
+        "evaluation": {k: v for k, v in results.items() if k != "meta"}}
+Path("provenance.json").write_text(json.dumps(meta, indent=2, default=str))
+PY
+rm -rf "$REPO/unclip_jax/assets/demo"
+run pack python -m unclip_jax.pipeline pack pipeline --out "$REPO/unclip_jax/assets/demo" --sampling "$SAMPLING" \
+  --meta provenance.json
+mkdir -p "$REPO/docs/demo"
+cp samples/grid.png "$REPO/docs/demo/samples.png"
+cp curves.png "$REPO/docs/demo/curves.png"
+[ -f eval/guidance.png ] && cp eval/guidance.png "$REPO/docs/demo/guidance.png"
+stamp "done: $REPO/unclip_jax/assets/demo (du: $(du -sh "$REPO/unclip_jax/assets/demo" | cut -f1)); README table, docs/demo/*.png"
