@@ -19,13 +19,14 @@ LAYERS = {
     "pipeline": 4,
     "train": 5, "applications": 5,
     "eval": 6,
-    "convert": 7, "bench": 7,
-    "sample": 8, "zeroshot": 8, "embed": 8, "evaluate": 8,
+    "convert": 7,
+    "bench": 8,
+    "sample": 9, "zeroshot": 9, "embed": 9, "evaluate": 9,
 }
 # entry points: run with `python -m`, never imported by library code
 CLI_MODULES = {"unclip_jax.sample", "unclip_jax.zeroshot", "unclip_jax.embed", "unclip_jax.evaluate",
                "unclip_jax.train.__main__", "unclip_jax.pipeline.__main__", "unclip_jax.convert.__main__",
-               "unclip_jax.bench.__main__", "unclip_jax.data.prepare"}
+               "unclip_jax.bench.__main__", "unclip_jax.data.prepare", "unclip_jax.train.curves"}
 
 
 def _modules() -> dict[str, Path]:
