@@ -134,6 +134,30 @@ def load_stage_tree(path: Path, kind: str, meta: dict, *, ema: bool, log: Callab
   return load_stage_params(path, abstract, kind=kind), "params"
 
 
+def check_new_folder(out: str | os.PathLike) -> Path:
+  """`out` as a Path; a UserError if it exists with something in it (nothing is ever overwritten)."""
+  out = Path(out)
+  if out.exists() and any(out.iterdir()):
+    raise UserError(f"{out} already exists and is not empty; choose another --out folder")
+  return out
+
+
+def write_folder(out: Path, build: Callable[[Path], None]) -> Path:
+  """Runs `build(staging)` on a fresh folder beside `out`, then renames it into place: the folder appears
+  whole or not at all."""
+  staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    staging.mkdir(parents=True)
+    build(staging)
+    if out.exists():
+      out.rmdir()
+    os.replace(staging, out)
+  finally:
+    if staging.exists():
+      shutil.rmtree(staging, ignore_errors=True)
+  return out
+
+
 def default_pipeline() -> Path:
   """The packaged demo pipeline, what CLIs use when no --checkpoint is given."""
   if not (DEMO_PIPELINE / PIPELINE_FILE).is_file():
@@ -153,11 +177,9 @@ def pack(src: str | os.PathLike, out: str | os.PathLike, *, storage_dtype: str =
   if unknown:
     raise UserError(f"sampling settings for stage(s) {', '.join(unknown)}, which {src} does not have")
   settings = apply_overrides(info["sampling"], sampling)
-  out = Path(out)
-  if out.exists() and any(out.iterdir()):
-    raise UserError(f"{out} already exists and is not empty; choose another --out folder")
-  staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-  try:
+  out = check_new_folder(out)
+
+  def build(staging: Path) -> None:
     for name, path in info["paths"].items():
       stage_meta = info["stages"][name]
       kind = STAGE_KINDS[name]
@@ -168,10 +190,4 @@ def pack(src: str | os.PathLike, out: str | os.PathLike, *, storage_dtype: str =
       log(f"  {name}: {which} weights as {storage_dtype}")
     write_pipeline_json(staging, {n: n for n in info["paths"]}, {s: v.to_dict() for s, v in settings.items()},
                         info["meta"].get("preset", ""), meta)
-    if out.exists():
-      out.rmdir()
-    os.replace(staging, out)
-  finally:
-    if staging.exists():
-      shutil.rmtree(staging, ignore_errors=True)
-  return out
+  return write_folder(out, build)

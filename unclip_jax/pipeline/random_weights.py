@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import jax
@@ -20,7 +18,7 @@ from unclip_jax.errors import UserError
 from unclip_jax.models import clip as clip_model
 from unclip_jax.models import registry
 from unclip_jax.models.presets import CLIP_PRESET_NAMES, model_config
-from unclip_jax.pipeline.folder import STAGE_KINDS, write_pipeline_json
+from unclip_jax.pipeline.folder import STAGE_KINDS, check_new_folder, write_folder, write_pipeline_json
 from unclip_jax.pipeline.settings import DIFFUSION_STAGES, StageSampling
 
 PRESETS = ("tiny", "karlo")
@@ -100,23 +98,12 @@ def random_params(stage: str, kind: str, config: dict, seed: int):
 
 def make_random_pipeline(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0) -> Path:
   """Writes a pipeline folder with random weights (whole or not at all)."""
-  out = Path(out_dir)
-  if out.exists() and any(out.iterdir()):
-    raise UserError(f"{out} already exists and is not empty; choose another --out folder")
+  out = check_new_folder(out_dir)
   configs = random_stage_configs(preset)
-  staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-  try:
-    staging.mkdir(parents=True)
+
+  def build(staging: Path) -> None:
     for stage, (kind, config) in configs.items():
-      params = random_params(stage, kind, config, seed)
-      save_stage(staging / stage, params, kind=kind, config=config)
-      del params
+      save_stage(staging / stage, random_params(stage, kind, config, seed), kind=kind, config=config)
     sampling = {s: v.to_dict() for s, v in default_sampling(configs, preset).items()}
     write_pipeline_json(staging, {s: s for s in configs}, sampling, preset, {"source": f"random seed {seed}"})
-    if out.exists():
-      out.rmdir()
-    os.replace(staging, out)
-  finally:
-    if staging.exists():
-      shutil.rmtree(staging, ignore_errors=True)
-  return out
+  return write_folder(out, build)
