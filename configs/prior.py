@@ -51,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     train.log_every, train.checkpoint_every = 50, 100
   elif name == "demo":
     data.config = "shapes32"  # `python -m unclip_jax.embed ... --dataset shapes --dataset_config 32 --name shapes32`
-    train.batch_size, train.steps = 64, 600
+    train.batch_size, train.steps = 64, 2000
     config.optim.update(dict(lr=5e-4, warmup_steps=100, ema_decay=0.995))
     train.log_every, train.checkpoint_every = 50, 250
   return config
