@@ -1,8 +1,11 @@
 """Prepared shapes data (tfds array_record, no TensorFlow) read through grain."""
 
+import gc
 import json
 import sys
+import time
 
+import grain.python as grain
 import numpy as np
 import pytest
 
@@ -96,3 +99,61 @@ def test_default_shapes_sizes_use_the_registered_configs(tmp_path):
     builder = builders.Shapes(config=config, data_dir=str(tmp_path), file_format=builders.FILE_FORMAT)
     assert builder.builder_config.image_size == size and builder.builder_config.train_size == 50_000
   assert prepare.shapes_config(32, 100, 10).name == "32_n100_h10_s0"
+
+
+def test_prefetching_loader_gives_the_same_batches_and_states(shapes_dir):
+  """The background-thread loader yields exactly the plain loader's batches, and its state after each batch
+  is the plain loader's: a checkpoint taken while batches wait in the queue resumes right after the last
+  batch handed out."""
+  root, config = shapes_dir
+  source = pipeline.open_source(root, "shapes", "train", config)
+  plain_loader = pipeline.make_loader(source, batch_size=8, seed=5, prefetch=0)
+  loader = pipeline.make_loader(source, batch_size=8, seed=5, prefetch=2, read_threads=2)
+  assert isinstance(loader, pipeline.Prefetch) and not isinstance(plain_loader, pipeline.Prefetch)
+  plain, fetched = iter(plain_loader), iter(loader)
+  assert fetched.get_state() == plain.get_state()
+  for _ in range(3):
+    a, b = next(plain), next(fetched)
+    np.testing.assert_array_equal(a["image"], b["image"])
+    assert list(a["caption"]) == list(b["caption"])
+    assert fetched.get_state() == plain.get_state()
+  deadline = time.monotonic() + 30
+  while fetched._queue.qsize() < 2 and time.monotonic() < deadline:  # the thread reads ahead, up to 2 batches
+    time.sleep(0.01)
+  assert fetched._queue.qsize() == 2
+  state = fetched.get_state()
+  expected = [next(plain) for _ in range(4)]  # crosses the epoch boundary (48 examples)
+  resumed = iter(pipeline.make_loader(source, batch_size=8, seed=5))
+  resumed.set_state(state)
+  for want in expected:
+    np.testing.assert_array_equal(next(resumed)["image"], want["image"])
+  fetched.set_state(state)  # rewinds a running iterator: the read-ahead batches are dropped
+  np.testing.assert_array_equal(next(fetched)["image"], expected[0]["image"])
+  fetched.close()  # stopping the thread rewinds too: nothing is skipped
+  np.testing.assert_array_equal(next(fetched)["image"], expected[1]["image"])
+  fetched.close()
+
+
+def test_prefetching_loader_ends_and_fails_like_its_source(shapes_dir):
+  root, config = shapes_dir
+  source = pipeline.open_source(root, "shapes", "heldout", config)
+  one_epoch = pipeline.make_loader(source, batch_size=4, seed=0, shuffle=False, num_epochs=1, prefetch=3)
+  assert len(list(one_epoch)) == 3  # 12 examples: three batches, then StopIteration from the thread
+  with pytest.raises(UserError, match="prefetch and read_threads must be non-negative"):
+    pipeline.make_loader(source, batch_size=4, seed=0, prefetch=-1)
+
+  class Broken(grain.MapTransform):
+    def map(self, example):
+      raise ValueError("a corrupt record")
+
+  broken = pipeline.make_loader(source, batch_size=4, seed=0, operations=[Broken()])
+  with pytest.raises(ValueError, match="a corrupt record"):
+    next(iter(broken))
+
+  it = iter(pipeline.make_loader(source, batch_size=4, seed=0))
+  next(it)
+  thread = it._thread
+  del it  # a trainer that returns drops its iterator: the thread must not outlive it
+  gc.collect()
+  thread.join(timeout=30)
+  assert not thread.is_alive()

@@ -4,13 +4,21 @@ Each process reads its own shard (`jax.process_index()` of `jax.process_count()`
 deterministically from the run's seed, and yields host-local batches. The grain iterator's state is a
 small byte string the trainer stores in its checkpoint, so a resumed run continues with exactly the
 examples it would have seen.
+
+Records are read by `read_threads` grain threads; decoding, the per-example transforms and batching run
+in one background thread `prefetch` batches ahead of the consumer (`Prefetch`), so a train step never
+waits for data that could have been prepared while the previous step ran. The iterator's state stays
+grain's own (the state after the last batch handed out), so checkpoints are the same with or without
+prefetching.
 """
 
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import grain.python as grain
 import numpy as np
@@ -61,13 +69,18 @@ def _text(value) -> str:
 
 
 def make_loader(source, *, batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
-                process_index: int = 0, process_count: int = 1, operations=(),
-                worker_count: int = 0) -> grain.DataLoader:
+                process_index: int = 0, process_count: int = 1, operations=(), worker_count: int = 0,
+                read_threads: int = 4, prefetch: int = 2):
   """A grain loader over this process's shard of `source`, yielding batches of `batch_size` examples.
 
   `batch_size` is per process (the global batch divided by the process count). `operations` are
-  grain transforms applied per example before batching (default: `ImageCaption`).
+  grain transforms applied per example before batching (default: `ImageCaption`). `read_threads`
+  grain threads read records; with `prefetch` > 0 the loader is a `Prefetch` that prepares that many
+  batches ahead in a background thread (0: batches are made on demand, in the caller's thread).
+  `worker_count` > 0 moves the transforms into grain worker processes instead.
   """
+  if prefetch < 0 or read_threads < 0:
+    raise UserError(f"prefetch and read_threads must be non-negative, got {prefetch} and {read_threads}")
   if batch_size < 1:
     raise UserError(f"batch size must be positive, got {batch_size}")
   per_shard = len(source) // process_count
@@ -77,8 +90,107 @@ def make_loader(source, *, batch_size: int, seed: int, shuffle: bool = True, num
   sampler = grain.IndexSampler(num_records=len(source), shuffle=shuffle, seed=seed, num_epochs=num_epochs,
                                shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True))
   ops = list(operations) or [ImageCaption()]
-  return grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
-                          operations=ops + [grain.Batch(batch_size, drop_remainder=True)])
+  # A small read-ahead: the default (500 records) would hold far more decoded images than a step needs.
+  read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size, 16))
+  loader = grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
+                            operations=ops + [grain.Batch(batch_size, drop_remainder=True)], read_options=read)
+  return Prefetch(loader, prefetch) if prefetch else loader
+
+
+class Prefetch:
+  """An iterable over `loader` (a grain DataLoader) whose iterators prepare `size` batches ahead."""
+
+  def __init__(self, loader, size: int = 2):
+    if size < 1:
+      raise ValueError(f"prefetch size must be positive, got {size}")
+    self.loader, self.size = loader, size
+
+  def __iter__(self) -> PrefetchIterator:
+    return PrefetchIterator(iter(self.loader), self.size)
+
+
+_END = object()
+
+
+class PrefetchIterator:
+  """Runs a grain iterator in a daemon thread, at most `size` batches ahead of `next()`.
+
+  `get_state()` is the inner iterator's state after the last batch this iterator returned (recorded
+  by the thread as it made each batch), so saving it and `set_state` on a fresh iterator resume right
+  after that batch, exactly as without prefetching; `set_state` stops the thread and discards what it
+  had read ahead. An exception in the thread (including the end of a finite loader) is raised by the
+  `next()` that reaches it.
+  """
+
+  def __init__(self, inner, size: int = 2):
+    self._inner, self._size = inner, size
+    self._state = inner.get_state()
+    self._thread: threading.Thread | None = None
+    self._queue: queue.Queue | None = None
+    self._stop: threading.Event | None = None
+    self._done = None  # the exception that ended the stream, once next() reached it
+
+  def __iter__(self) -> Iterator:
+    return self
+
+  def _start(self) -> None:
+    self._queue, self._stop = queue.Queue(maxsize=self._size), threading.Event()
+    self._thread = threading.Thread(target=self._produce, args=(self._inner, self._queue, self._stop),
+                                    name="unclip_jax-prefetch", daemon=True)
+    self._thread.start()
+
+  @staticmethod
+  def _produce(inner, out: queue.Queue, stop: threading.Event) -> None:
+    def put(item) -> bool:
+      while not stop.is_set():
+        try:
+          out.put(item, timeout=0.1)
+          return True
+        except queue.Full:
+          continue
+      return False
+
+    while not stop.is_set():
+      try:
+        batch = next(inner)
+      except BaseException as e:  # noqa: BLE001 - handed to the consumer, StopIteration included
+        put((_END, e))
+        return
+      if not put((batch, inner.get_state())):
+        return
+
+  def __next__(self):
+    if self._done is not None:
+      raise self._done
+    if self._thread is None:
+      self._start()
+    batch, state = self._queue.get()
+    if batch is _END:
+      self._done = state
+      raise state
+    self._state = state
+    return batch
+
+  def get_state(self) -> bytes:
+    return self._state
+
+  def set_state(self, state: bytes) -> None:
+    self.close()
+    self._inner.set_state(state)
+    self._state, self._done = self._inner.get_state(), None
+
+  def __del__(self):
+    if getattr(self, "_stop", None) is not None:  # dropped without close(): let the thread end on its own
+      self._stop.set()
+
+  def close(self) -> None:
+    """Stops the thread; the batches it had read ahead are dropped and the inner iterator is rewound
+    to `get_state()`, so a later `next()` continues right after the last batch returned."""
+    if self._thread is not None:
+      self._stop.set()
+      self._thread.join()
+      self._thread = self._queue = self._stop = None
+      self._inner.set_state(self._state)
 
 
 def specs(batch: dict[str, Any]) -> list[dict[str, Any]]:
