@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif name == "demo":
     data.name, data.config = "shapes", "32"  # `prepare shapes --image_size 32`: 50,000 captioned 32x32 scenes
     train.batch_size = 128
-    train.steps = 2500
+    train.steps = 2000
     config.optim.update(dict(lr=1e-3, warmup_steps=50, weight_decay=0.1))
     train.log_every = 25
     train.checkpoint_every = 100

@@ -54,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     train.log_every, train.checkpoint_every, train.sample_every = 50, 100, 100
   elif name == "demo":
     data.config = "shapes32"  # the embedded 32px shapes (`python -m unclip_jax.embed ... --name shapes32`)
-    train.batch_size, train.steps = 16, 4000
+    train.batch_size, train.steps = 16, 3200
     train.text_drop = 0.2
     config.diffusion.sample.guidance_scale = 3.0  # the training grids' guidance (Karlo's 8 overshoots small models)
     config.optim.update(dict(lr=5e-4, warmup_steps=100, ema_decay=0.995))
