@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "unclip_jax"
 
 # unit (a top-level module or package of unclip_jax) -> layer; a unit may import only units of lower layers
 LAYERS = {
-    "errors": 0, "io": 0,
+    "errors": 0, "io": 0, "xla_flags": 0,
     "distributed": 1, "images": 1, "checkpoint": 1,
     "diffusion": 2, "models": 2, "outputs": 2,
     "data": 3,

@@ -15,6 +15,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from unclip_jax import xla_flags
 from unclip_jax.errors import ArgumentParser, UserError, run_cli
 
 
@@ -40,6 +41,7 @@ def main(argv: Sequence[str]) -> int:
     splits = [s.strip() for s in args.splits.split(",")]
     if not all(splits):
       raise UserError(f"--splits {args.splits!r} has an empty split name; pass e.g. --splits train,heldout")
+  xla_flags.apply_defaults()  # XLA CPU defaults unless XLA_FLAGS is set; before JAX starts (README "Benchmarks")
   from unclip_jax.data import embedded  # slow imports (tfds, jax) after the flags are known to be sane
 
   builder = embedded.make_builder(

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from unclip_jax import xla_flags
 from unclip_jax.errors import ArgumentParser, UserError, run_cli
 
 SUITE_CHOICES = ("compositional", "fd", "clip_score", "zeroshot", "prior", "guidance", "all")
@@ -119,6 +120,7 @@ def main(argv: Sequence[str]) -> int:
 
   args = parse(argv)
   opts = options(args)
+  xla_flags.apply_defaults()  # XLA CPU defaults unless XLA_FLAGS is set; before JAX starts (README "Benchmarks")
   from unclip_jax.checkpoint import read_stage
   from unclip_jax.pipeline import Pipeline, default_pipeline, read_pipeline
 

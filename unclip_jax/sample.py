@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from unclip_jax import applications
+from unclip_jax import applications, xla_flags
 from unclip_jax.errors import ArgumentParser, UserError, run_cli
 from unclip_jax.images import load_image, make_grid
 from unclip_jax.outputs import OutputSet
@@ -390,6 +390,7 @@ def main(argv: Sequence[str]) -> int:
   argv = list(argv)
   mode = argv[0] if argv and argv[0] in MODES else None
   args = _parser(mode).parse_args(argv[1:] if mode else argv)
+  xla_flags.apply_defaults()  # XLA CPU defaults unless XLA_FLAGS is set; before JAX starts (README "Benchmarks")
   if args.out is None:
     args.out = str(next_free_folder())
   if args.checkpoint is None and not (mode is None and args.from_sidecar):

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from unclip_jax import xla_flags
 from unclip_jax.errors import ArgumentParser, UserError, run_cli
 from unclip_jax.images import load_image
 
@@ -102,6 +103,7 @@ def main(argv: Sequence[str]) -> int:
   for path in args.images:  # fail on a bad image before the slow model load
     if not Path(path).is_file():
       raise UserError(f"image {path} does not exist" if not Path(path).exists() else f"{path} is not a file")
+  xla_flags.apply_defaults()  # XLA CPU defaults unless XLA_FLAGS is set; before JAX starts (README "Benchmarks")
   from unclip_jax.models.clip_encoder import load_clip
 
   config, params = load_clip(clip_folder(args.checkpoint))

@@ -5,12 +5,16 @@ from __future__ import annotations
 import importlib
 import sys
 
+from unclip_jax import xla_flags
 from unclip_jax.errors import UserError, run_cli
 
 BENCHMARKS = {
     "sampler": "unclip_jax.bench.sampler",  # the lax.scan samplers: compile time, ms/step, known-answer error
     "train": "unclip_jax.bench.train",      # one stage's train step: per-device memory (XLA) and steps/s
     "pipeline": "unclip_jax.bench.pipeline",  # text -> image with random weights: compile, s/image, peak memory
+    "peers": "unclip_jax.bench.peers",      # ours vs PyTorch (open_clip, diffusers), same architectures and weights
+    "mfu": "unclip_jax.bench.mfu",          # each stage's train step: XLA FLOPs over the measured matmul peak
+    "scaling": "unclip_jax.bench.scaling",  # a train step's throughput on 1, 2, 4, 8 devices
 }
 
 
@@ -20,6 +24,7 @@ def main(argv):
     return 0 if argv else 2
   if argv[0] not in BENCHMARKS:
     raise UserError(f"unknown benchmark {argv[0]!r}; choose one of: {', '.join(BENCHMARKS)}")
+  xla_flags.apply_defaults()  # the CLIs' XLA CPU defaults, unless XLA_FLAGS is set (before JAX starts)
   return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+from unclip_jax import xla_flags
 from unclip_jax.errors import ArgumentParser, run_cli
 
 
@@ -22,6 +23,7 @@ def main(argv) -> int:
   parser.add_argument("--data_dir", default=None, help="prepared datasets root (sets config.data.data_dir)")
   parser.add_argument("--no_progress", action="store_true", help="no progress bar (logs still go to the workdir)")
   args = parser.parse_args(rest)
+  xla_flags.apply_defaults()  # XLA CPU defaults unless XLA_FLAGS is set; before JAX starts (README "Benchmarks")
 
   from unclip_jax import distributed
   from unclip_jax.train import config_loader, loop  # heavy imports after argument checks

@@ -1,0 +1,93 @@
+"""`python -m unclip_jax.bench peers`, `mfu` and `scaling` at tiny size (wiring only; nothing is timed or
+compared to a target here)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.peers import require
+from unclip_jax.bench import mfu, peers, scaling
+from unclip_jax.errors import UserError
+
+
+def _check_rows(rows, names):
+  assert [r["name"] for r in rows] == names
+  for r in rows:
+    assert r["ours_s"] > 0 and r["peer_s"] > 0 and r["rounds"] == len(r["ours_all_s"]) == len(r["peer_all_s"])
+    assert r["ratio"] == pytest.approx(r["peer_s"] / r["ours_s"], rel=1e-2)
+    assert r["peer_mode"].startswith("torch ") and " eager" in r["peer_mode"] and r["parameters"] > 0
+
+
+@pytest.mark.peers
+def test_peers_cli_writes_the_table_and_json(tmp_path, capsys):
+  require("diffusers")
+  require("open_clip")
+  out = tmp_path / "peers.json"
+  rows = "clip,prior_train,prior_sampling,decoder_sampling"
+  assert peers.main(["--size", "tiny", "--rows", rows, "--rounds", "1", "--peer-mode", "eager",
+                     "--json", str(out)]) == 0
+  report = json.loads(out.read_text())
+  assert report["size"] == "tiny" and report["devices"] == 8 and report["backend"] == "cpu"
+  names = [peers.ROW_KEYS[k] for k in rows.split(",")]
+  _check_rows(report["rows"], names)
+  table = capsys.readouterr().out
+  assert all(n in table for n in names) and "ratio" in table
+
+
+@pytest.mark.peers
+@pytest.mark.slow
+def test_decoder_training_and_the_pipeline_rows_run(tmp_path):
+  require("diffusers")
+  require("open_clip")
+  spec = peers.size_spec("tiny")
+  results = [peers.run_row(peers.build_row(k, spec, gpu=False), 1, "eager", log=lambda m: None)
+             for k in ("decoder_train", "pipeline")]
+  _check_rows(results, [peers.ROW_KEYS["decoder_train"], peers.ROW_KEYS["pipeline"]])
+
+
+@pytest.mark.peers
+def test_the_converted_clip_gives_the_peer_s_embeddings():
+  """The rows compare the same function: ours, on the peer's converted weights, matches open_clip."""
+  require("open_clip")
+  row = peers.build_row("clip", peers.size_spec("tiny"), gpu=False)
+  peer = peers.tp.Peer("eager")
+  peer.prepare(*row.modules)
+  ours, theirs = row.ours(), row.make_peer(peer)()
+  np.testing.assert_allclose(ours["image_embedding"], theirs[0].numpy(), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(ours["text_embedding"], theirs[1].numpy(), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(ours["text_states"], theirs[2].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_peers_bad_arguments():
+  with pytest.raises(UserError, match="unknown --rows"):
+    peers.main(["--rows", "decoder,nope"])
+  with pytest.raises(UserError, match="--rounds must be at least 5"):
+    peers.main(["--size", "cpu", "--rounds", "3"])
+  with pytest.raises(UserError, match="invalid choice: 'huge'"):
+    peers.main(["--size", "huge"])
+
+
+def test_mfu_reports_flops_and_utilisation(tmp_path):
+  out = tmp_path / "mfu.json"
+  assert mfu.main(["--preset", "tiny", "--stages", "prior", "--steps", "1", "--batch", "8", "--json", str(out)]) == 0
+  (row,) = json.loads(out.read_text())["results"]
+  assert row["stage"] == "prior" and row["global_batch"] == 8 and row["parameters"] > 0
+  assert row["flops_per_step"] > 0 and row["peak_flops"] > 0 and 0 < row["mfu"] < 1
+  assert row["achieved_flops"] == pytest.approx(row["flops_per_step"] / row["step_s"], rel=1e-3)
+  with pytest.raises(UserError, match="--stages must name some of"):
+    mfu.main(["--stages", "vae"])
+
+
+def test_scaling_runs_each_device_count_in_its_own_process(tmp_path):
+  out = tmp_path / "scaling.json"
+  assert scaling.main(["--config", "configs/prior.py:tiny", "--devices", "2", "--steps", "1", "--batch", "8",
+                       "--json", str(out)]) == 0
+  rows = json.loads(out.read_text())["results"]
+  assert [r["devices"] for r in rows] == [2] and all(r["global_batch"] == 8 for r in rows)
+  assert all(r["examples_per_s"] > 0 and r["backend"] == "cpu" for r in rows)
+  env = scaling._worker_env(4)  # noqa: SLF001 - the child's flags: the parent's, device count replaced
+  assert env["XLA_FLAGS"].count("--xla_force_host_platform_device_count") == 1
+  assert env["XLA_FLAGS"].endswith("--xla_force_host_platform_device_count=4")
