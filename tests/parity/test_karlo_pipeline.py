@@ -272,3 +272,23 @@ def test_variations_folder_must_share_the_decoder(folders, tmp_path):
   with pytest.raises(UserError, match=r"conv_in\.bias.*differs"):
     convert_main(["karlo", str(folders["karlo"]), "--out", str(tmp_path / "out"), "--variations", str(other)])
   assert not (tmp_path / "out").exists()
+
+
+def test_sample_cli_on_the_converted_folders(folders, tmp_path):
+  """The issue's failing command: `sample --checkpoint OUT` now draws; `variations` on a text-only CLIP is
+  one clear error (the --variations folder's variations are tested through the API above: the CLI
+  compiles three more programs)."""
+  import PIL.Image
+
+  from unclip_jax import sample
+
+  steps = ["--prior-steps", "2", "--decoder-steps", "2", "--sr-steps", "2"]
+  out = ["--checkpoint", str(folders["text_only"]), "--out", str(tmp_path / "t")]
+  assert sample.main(["--prompt", "a red cube", *out, *steps]) == 0
+  assert len(list((tmp_path / "t").glob("0*.png"))) == 1
+  n = karlo_folders.CLIP_IMAGE
+  image = tmp_path / "in.png"
+  PIL.Image.fromarray(np.random.default_rng(1).integers(0, 256, (n, n, 3), dtype=np.uint8)).save(image)
+  with pytest.raises(UserError, match="text encoder only.*image encoder"):
+    sample.main(["variations", str(image), "--checkpoint", str(folders["text_only"]), "--out", str(tmp_path / "v")])
+  assert not (tmp_path / "v").exists()
