@@ -1,4 +1,6 @@
-"""`python -m unclip_jax.convert karlo`: tiny diffusers Karlo folder → stage checkpoints → same outputs; errors."""
+"""`python -m unclip_jax.convert karlo`: tiny diffusers Karlo folder → stages that give diffusers' outputs; errors.
+
+The whole pipeline (text encoder, tokenizer, sampling, weight layouts) is tested in test_karlo_pipeline.py."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import C, PRIOR, decoder_unet, sr_unet
+from tests.parity import karlo_folders
 from unclip_jax import checkpoint
 from unclip_jax.convert.__main__ import main as convert_main
 from unclip_jax.errors import UserError
@@ -20,34 +22,17 @@ from unclip_jax.models import unet as unet_lib
 
 pytestmark = pytest.mark.peers
 
-DECODER = decoder_unet(16)
-SR = sr_unet(16)
-
-
 @pytest.fixture(scope="module")
 def karlo(tmp_path_factory):
-  """A Karlo-layout folder of tiny random diffusers models, and the torch models themselves."""
-  from tests.peers import require
-
-  diffusers = require("diffusers")
+  """A Karlo-layout folder of tiny random diffusers models (written by UnCLIPPipeline.save_pretrained), and the
+  torch models themselves."""
   import torch
-  from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
 
-  torch.manual_seed(0)
-  models = {"prior": diffusers.PriorTransformer(**PRIOR),
-            "text_proj": UnCLIPTextProjModel(clip_embeddings_dim=24, time_embed_dim=4 * C[0], cross_attention_dim=48),
-            "decoder": diffusers.UNet2DConditionModel(**DECODER),
-            "super_res_first": diffusers.UNet2DModel(**SR), "super_res_last": diffusers.UNet2DModel(**SR)}
-  root = tmp_path_factory.mktemp("karlo")
-  with torch.no_grad():
-    for name, m in models.items():
-      m.eval()
-      for p in m.parameters():
-        p.normal_(0, 0.1)
-      if name == "prior":
-        m.clip_std.abs_().add_(0.5)
-      m.save_pretrained(root / name)
-  return root, models, torch
+  f = karlo_folders.build(tmp_path_factory.mktemp("karlo"))
+  pipe = f["pipe"]
+  models = {name: getattr(pipe, name) for name in ("prior", "text_proj", "decoder", "super_res_first",
+                                                   "super_res_last")}
+  return f["karlo"], models, torch
 
 
 def _restore(folder, kind):
@@ -74,7 +59,8 @@ def test_convert_and_compare_outputs(karlo, tmp_path, capsys):
   src, models, torch = karlo
   out = tmp_path / "out"
   assert convert_main(["karlo", str(src), "--out", str(out)]) == 0
-  assert sorted(p.name for p in out.iterdir()) == ["decoder", "prior", "sr_64_256", "sr_64_256_last"]
+  assert sorted(p.name for p in out.iterdir()) == ["clip", "decoder", "pipeline.json", "prior", "sr_64_256",
+                                                   "sr_64_256_last"]
   assert "prior:" in capsys.readouterr().out
   rng = np.random.default_rng(0)
 

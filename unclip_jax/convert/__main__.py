@@ -1,6 +1,6 @@
 """`python -m unclip_jax.convert {clip,karlo} ...`: turn PyTorch / safetensors weights into stage checkpoints.
 
-Each converter lives in its own module (`convert/clip.py`, `convert/karlo.py`) and exposes
+Each converter lives in its own module (`convert/clip.py`, `convert/karlo_pipeline.py`) and exposes
 `main(argv) -> int`; this entry point only dispatches on the first word.
 """
 
@@ -13,7 +13,7 @@ from unclip_jax.errors import UserError, run_cli
 
 CONVERTERS = {
     "clip": "unclip_jax.convert.clip",    # OpenAI CLIP / open_clip state dicts
-    "karlo": "unclip_jax.convert.karlo",  # diffusers-format Karlo folders (prior, text_proj, decoder, super_res_*)
+    "karlo": "unclip_jax.convert.karlo_pipeline",  # a released Karlo folder (diffusers layout) → pipeline folder
 }
 
 

@@ -181,6 +181,27 @@ def _set(tree: dict, path: tuple[str, ...], value):
   tree[path[-1]] = value
 
 
+def check_shapes(shapes: Mapping[str, tuple[int, ...]], config) -> None:
+  """What `convert_state_dict` checks, on {key: shape} alone (no tensor read): UserError naming the first
+  missing, mis-shaped or unused tensor."""
+  from unclip_jax.models.clip import abstract_params
+
+  used = set()
+  for path, leaf in _leaves(abstract_params(config)):
+    key, how = _torch_name(path)
+    if key not in shapes:
+      raise UserError(f"tensor {key} is missing from the state dict; is this a ViT CLIP checkpoint?")
+    have = _forward(np.broadcast_to(np.float32(0), tuple(shapes[key])), how).shape  # a view: nothing allocated
+    if tuple(have) != tuple(leaf.shape):
+      raise UserError(f"tensor {key} has shape {tuple(shapes[key])}, but the architecture "
+                      f"needs {tuple(_backward(np.broadcast_to(np.float32(0), leaf.shape), how).shape)}")
+    used.add(key)
+  extra = sorted(k for k in shapes if k not in used and k not in _IGNORED)
+  if extra:
+    more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+    raise UserError(f"tensor {extra[0]}{more} is not part of this CLIP's towers; check the layer counts")
+
+
 def convert_state_dict(sd: Mapping[str, Any], config) -> dict:
   """OpenAI/open_clip ViT CLIP state dict (numpy arrays) → our float32 param tree for `config`."""
   from unclip_jax.models.clip import abstract_params

@@ -1,18 +1,16 @@
-"""Karlo (diffusers layout) → unclip_jax stage checkpoints.
+"""Karlo's diffusion stages (diffusers layout) → unclip_jax stage parameters: the tensor mapping and model configs.
 
-    python -m unclip_jax.convert karlo KARLO_DIR --out OUT_DIR
-
-KARLO_DIR is a diffusers `UnCLIPPipeline` folder (e.g. a local copy of kakaobrain/karlo-v1-alpha) with
-prior/, text_proj/, decoder/, super_res_first/, super_res_last/, each holding config.json and
-diffusion_pytorch_model.safetensors. The result is OUT/prior, OUT/decoder (text_proj + UNet), OUT/sr_64_256
-(super_res_first) and OUT/sr_64_256_last (super_res_last, Karlo's fine-tuned model for the final SR step).
+The diffusers `UnCLIPPipeline` folder (kakaobrain/karlo-v1-alpha) holds prior/, text_proj/, decoder/,
+super_res_first/, super_res_last/, each with config.json and its weights (`convert.weights`: safetensors,
+.bin, fp16 variants, shards). They become our stages prior, decoder (text_proj + UNet), sr_64_256
+(super_res_first) and sr_64_256_last (super_res_last, Karlo's fine-tuned model for the final SR step);
+`convert.karlo_pipeline` adds CLIP and writes the pipeline folder.
 
 Our modules use diffusers' module names, so the mapping is mechanical: walk the parameters our model
 expects, derive the torch key ("down_blocks_0/resnets_1/conv1/kernel" → "down_blocks.0.resnets.1.conv1.weight"),
 transpose Linear (O,I → I,O) and Conv (O,I,H,W → H,W,I,O) weights, and check every shape. Any missing,
-mis-shaped or left-over tensor is a `UserError` naming it; every folder is checked (from the safetensors
-headers) before any tensor is loaded or any checkpoint written. safetensors are read with
-`safetensors.numpy` (no torch needed).
+mis-shaped or left-over tensor is a `UserError` naming it; every folder is checked (from the weight files'
+headers) before any tensor is loaded or any checkpoint written.
 
 What each stage checkpoint's parameter tree holds (`checkpoint.load_stage_params`):
   prior            {"params": ..., "stats": {"clip_mean", "clip_std"}}  (the full variables of PriorTransformer)
@@ -31,13 +29,13 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from unclip_jax.errors import ArgumentParser, UserError
+from unclip_jax.convert.weights import WeightFiles
+from unclip_jax.errors import UserError
 from unclip_jax.models import registry
 
 # Our module names that stand for a torch ModuleList / Sequential index ("resnets_1" ↔ "resnets.1").
 _LIST_NAMES = re.compile(r"^(transformer_blocks|to_out|net|down_blocks|up_blocks|resnets|attentions|downsamplers"
                          r"|upsamplers)_(\d+)$")
-WEIGHTS = "diffusion_pytorch_model.safetensors"
 # Karlo folder → (our stage folder, stage kind)
 STAGES = {"prior": ("prior", "prior"), "decoder": ("decoder", "decoder"),
           "super_res_first": ("sr_64_256", "upsampler"), "super_res_last": ("sr_64_256_last", "upsampler")}
@@ -117,41 +115,25 @@ def convert_state_dict(state: Mapping[str, np.ndarray], abstract: Any, *, what: 
 # ----------------------------------------------------------------------------------------------- folders
 
 
-def _read_config(folder: Path) -> dict:
-  path = folder / "config.json"
+def read_config(folder: Path, name: str = "config.json") -> dict:
+  """A component's JSON config; a missing folder or file, or bad JSON, is a UserError naming it."""
+  path = folder / name
   if not path.is_file():
-    raise UserError(f"{folder} has no config.json; expected a diffusers Karlo folder "
-                    f"({', '.join(list(STAGES) + ['text_proj'])})")
+    what = "is missing" if not folder.is_dir() else f"has no {name}"
+    raise UserError(f"{folder} {what}; a diffusers Karlo folder has "
+                    f"{', '.join(list(STAGES) + ['text_proj', 'text_encoder', 'tokenizer'])} and the schedulers")
   try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise UserError(f"{path} is not valid JSON ({e.msg})") from None
+    value = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} is not valid JSON ({getattr(e, 'msg', e)})") from None
+  if not isinstance(value, dict):
+    raise UserError(f"{path} does not hold a JSON object")
+  return value
 
 
-def _safetensors():
-  try:
-    import safetensors.numpy  # noqa: F401  (the converter's only reader; torch is not needed)
-  except ImportError:
-    raise UserError("reading Karlo weights needs the `safetensors` package (pip install safetensors)") from None
-  return safetensors
-
-
-def _shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-  safe_open = _safetensors().safe_open
-
-  path = folder / WEIGHTS
-  if not path.is_file():
-    raise UserError(f"{folder} has no {WEIGHTS} (only the safetensors format is read)")
-  try:
-    with safe_open(str(path), framework="numpy") as f:
-      return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-  except Exception as e:  # noqa: BLE001 - a corrupt file is the user's to fix
-    raise UserError(f"cannot read {path}: {e}") from None
-
-
-def _load(folder: Path, steps, abstract) -> Any:
-  state = _safetensors().numpy.load_file(str(folder / WEIGHTS))
+def _load(files: WeightFiles, steps, abstract) -> Any:
   flat, treedef = jax.tree_util.tree_flatten(abstract)
+  state = dict(files.tensors(k for k, _ in steps))
   leaves = [np.asarray(_transform(state.pop(k), how, tuple(leaf.shape)), np.float32)
             for (k, how), leaf in zip(steps, flat)]
   return jax.tree_util.tree_unflatten(treedef, leaves)
@@ -246,67 +228,40 @@ def _stage_config(stage: str, model: dict) -> dict:
           "diffusion": diffusion_config(stage, "karlo").to_dict(), "source": "karlo (diffusers layout)"}
 
 
-def _jobs(src: Path):
-  """Yields (out name, kind, stage config, [(folder, steps, abstract, place)]) after checking every folder."""
+def _planned(folder: Path, abstract, place=None) -> tuple:
+  files = WeightFiles(folder)
+  return (files, plan(files.shapes(), abstract, what=str(files.path)), abstract, place)
+
+
+def stage_jobs(src: Path) -> list[tuple[str, str, dict, list]]:
+  """[(out name, kind, stage config, [(WeightFiles, steps, abstract, place)])], every folder's config and
+  tensor shapes checked; no tensor is loaded."""
   jobs = []
   folder = src / "prior"
-  m = prior_model_config(_read_config(folder), folder)
-  abstract = registry.abstract_params("prior", m)
-  jobs.append(("prior", "prior", _stage_config("prior", m),
-               [(folder, plan(_shapes(folder), abstract, what=str(folder / WEIGHTS)), abstract, None)]))
+  m = prior_model_config(read_config(folder), folder)
+  jobs.append(("prior", "prior", _stage_config("prior", m), [_planned(folder, registry.abstract_params("prior", m))]))
 
   folder, proj_folder = src / "decoder", src / "text_proj"
-  m = decoder_model_config(_read_config(folder), folder, _read_config(proj_folder), proj_folder)
+  m = decoder_model_config(read_config(folder), folder, read_config(proj_folder), proj_folder)
   abstract = registry.abstract_params("decoder", m)
-  parts = []
-  for sub, f in (("unet", folder), ("text_proj", proj_folder)):
-    parts.append((f, plan(_shapes(f), abstract[sub], what=str(f / WEIGHTS)), abstract[sub], sub))
+  parts = [_planned(f, abstract[sub], sub) for sub, f in (("unet", folder), ("text_proj", proj_folder))]
   jobs.append(("decoder", "decoder", _stage_config("decoder", m), parts))
 
   for name in ("super_res_first", "super_res_last"):
     folder = src / name
-    m = upsampler_model_config(_read_config(folder), folder)
-    abstract = registry.abstract_params("upsampler", m)
+    m = upsampler_model_config(read_config(folder), folder)
     jobs.append((STAGES[name][0], "upsampler", _stage_config("sr_64_256", m),
-                 [(folder, plan(_shapes(folder), abstract, what=str(folder / WEIGHTS)), abstract, None)]))
+                 [_planned(folder, registry.abstract_params("upsampler", m))]))
   return jobs
 
 
-def convert(src: str | Path, out: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
-  """Converts a Karlo folder; every folder is checked before anything is written. Returns {stage: path}."""
-  from unclip_jax.checkpoint import save_stage
-
-  src, out = Path(src), Path(out)
-  if not src.is_dir():
-    raise UserError(f"Karlo folder {src} does not exist")
-  jobs = _jobs(src)
-  if not overwrite:
-    for name, *_ in jobs:
-      if (out / name).exists():
-        raise UserError(f"{out / name} already exists; choose another --out folder or pass --overwrite")
-  written = {}
-  for name, kind, config, parts in jobs:
-    params = {}
-    for folder, steps, abstract, place in parts:
-      tree = _load(folder, steps, abstract)
-      if place is None:
-        params = tree
-      else:
-        params[place] = tree
-    extra = {"converted_from": str(src.absolute())}
-    written[name] = save_stage(out / name, params, kind=kind, config=config, extra=extra, overwrite=overwrite)
-    del params
-  return written
-
-
-def main(argv) -> int:
-  parser = ArgumentParser(prog="python -m unclip_jax.convert karlo",
-                                   description="Convert a diffusers-format Karlo folder into unclip_jax stage "
-                                               "checkpoints (prior, decoder, sr_64_256, sr_64_256_last).")
-  parser.add_argument("karlo_dir", help="folder with prior/ text_proj/ decoder/ super_res_first/ super_res_last/")
-  parser.add_argument("--out", required=True, help="output folder for the stage checkpoints")
-  parser.add_argument("--overwrite", action="store_true", help="replace existing stage folders in --out")
-  args = parser.parse_args(list(argv))
-  for name, path in convert(args.karlo_dir, args.out, overwrite=args.overwrite).items():
-    print(f"{name}: {path}")
-  return 0
+def load_job(parts: list) -> Any:
+  """The parameter tree of one planned stage (see `stage_jobs`), float32."""
+  params = {}
+  for files, steps, abstract, place in parts:
+    tree = _load(files, steps, abstract)
+    if place is None:
+      params = tree
+    else:
+      params[place] = tree
+  return params

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unclip_jax.errors import UserError
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 LN_EPS = 1e-5  # torch's LayerNorm default; flax's 1e-6 would break parity with released weights
@@ -50,6 +52,8 @@ class CLIPConfig:
   image_mean: tuple[float, float, float] = OPENAI_MEAN
   image_std: tuple[float, float, float] = OPENAI_STD
   dtype: str = "float32"  # compute dtype; parameters stay float32
+  # False for a text-only CLIP (Karlo's released text_encoder/): no `visual` parameters, no image inputs.
+  image_tower: bool = True
 
   def __post_init__(self):
     if self.activation not in ACTIVATIONS:
@@ -201,7 +205,8 @@ class VisionTransformer(nn.Module):
 class CLIP(nn.Module):
   """Two towers and the learnable log-temperature (plus an optional SigLIP bias).
 
-  `__call__(images, tokens)` returns a dict of unnormalised `image_embeds`, `text_embeds`, the per-token
+  `__call__(images, tokens)` returns a dict of unnormalised `image_embeds` (absent for a text-only CLIP,
+  `config.image_tower` false), `text_embeds`, the per-token
   `text_states` (B, context, text_width) after `ln_final`, `logit_scale` and, if configured, `logit_bias`.
   """
 
@@ -210,7 +215,8 @@ class CLIP(nn.Module):
   def setup(self):
     c = self.config
     dtype = jnp.dtype(c.dtype)
-    self.visual = VisionTransformer(c)
+    if c.image_tower:
+      self.visual = VisionTransformer(c)
     self.token_embedding = nn.Embed(c.vocab_size, c.text_width, embedding_init=nn.initializers.normal(0.02),
                                     dtype=dtype)
     self.positional_embedding = self.param("positional_embedding", nn.initializers.normal(0.01),
@@ -226,6 +232,9 @@ class CLIP(nn.Module):
 
   def encode_image(self, images):
     """(B, H, W, 3) normalised pixels → (B, embed_dim) unnormalised image embeddings."""
+    if not self.config.image_tower:
+      raise UserError("this CLIP is a text encoder only (no image tower); images need a CLIP with an image "
+                      "encoder, e.g. a Karlo pipeline converted with --variations")
     return self.visual(images)
 
   def encode_text(self, tokens):
@@ -246,8 +255,9 @@ class CLIP(nn.Module):
 
   def __call__(self, images, tokens):
     text_embeds, text_states = self.encode_text(tokens)
-    out = {"image_embeds": self.encode_image(images), "text_embeds": text_embeds, "text_states": text_states,
-           "logit_scale": self.logit_scale}
+    out = {"text_embeds": text_embeds, "text_states": text_states, "logit_scale": self.logit_scale}
+    if self.config.image_tower:
+      out["image_embeds"] = self.encode_image(images)
     if self.config.init_logit_bias is not None:
       out["logit_bias"] = self.logit_bias
     return out

@@ -182,6 +182,10 @@ class Pipeline:
 
   def encode_images(self, images: np.ndarray, batch: int | None = None) -> np.ndarray:
     """uint8 (B, S, S, 3) at the CLIP image size → (B, E) CLIP image embeddings (unnormalised)."""
+    if not self.clip_config.image_tower:
+      raise UserError(f"{self.name or 'this pipeline'}: its CLIP is a text encoder only; variations, interpolate and "
+                      "textdiff need an image encoder (for Karlo: python -m unclip_jax.convert karlo ... "
+                      "--variations KARLO_IMAGE_VARIATIONS_DIR)")
     fn = clip_encoder.image_encoder(self.clip, self.clip_config)
     return self.runner.run_chunked("clip_image", (), fn, (self.clip_params,), (images,), len(images), batch)
 
