@@ -14,7 +14,6 @@ import math
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from unclip_jax import diffusion as D

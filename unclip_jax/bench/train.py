@@ -33,7 +33,6 @@ def _parse(argv):
 
 
 def _abstract_state(stage, tx, config, layout, n_dev):
-  from unclip_jax.train import zero
   from unclip_jax.train.state import TrainState
 
   params = jax.eval_shape(stage.init_params, jax.random.key(0))
