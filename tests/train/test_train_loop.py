@@ -117,3 +117,17 @@ def test_gradient_accumulation_updates_every_k_micro_batches(data_dir, tmp_path)
   lrs = [r["lr"] for r in read_metrics(tmp_path / "accum")]
   assert lrs[0] == lrs[1] == 0.0 and lrs[2] == lrs[3] > 0  # the schedule advances once per 2 micro-batches
   assert result.final_step == 4
+
+
+def test_a_field_added_later_with_its_old_behaviour_is_the_same_run():
+  """A checkpoint saved before `model.image_tower` existed resumes under a config with image_tower=True,
+  and not under one that changes the model (image_tower=False)."""
+  import ml_collections
+
+  from unclip_jax.train.checkpoints import config_differences
+
+  saved = {"stage": "clip", "model": {"width": 8}}
+  same = ml_collections.ConfigDict({"stage": "clip", "model": {"width": 8, "image_tower": True}})
+  other = ml_collections.ConfigDict({"stage": "clip", "model": {"width": 8, "image_tower": False}})
+  assert config_differences(saved, same) == []
+  assert config_differences(saved, other) == ["model.image_tower: True in the checkpoint, False now"]

@@ -45,9 +45,15 @@ def _json_roundtrip(config: ml_collections.ConfigDict | dict) -> dict:
   return json.loads(json.dumps(tree, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
 
+# Identity fields added after runs were already saved, with the value that reproduces those runs: a
+# checkpoint without the field is the same run as a config holding that value.
+ADDED_FIELDS = {"model.image_tower": True}
+
+
 def config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
   """The identity fields on which a saved config and the current one differ."""
   a, b = _flatten(_json_roundtrip(saved)), _flatten(_json_roundtrip(current))
+  a.update({k: v for k, v in ADDED_FIELDS.items() if k not in a and k in b})
   keys = sorted(k for k in set(a) | set(b) if k.startswith(IDENTITY_PREFIXES))
   return [f"{k}: {a.get(k, '<absent>')!r} in the checkpoint, {b.get(k, '<absent>')!r} now"
           for k in keys if a.get(k) != b.get(k)]
