@@ -34,9 +34,11 @@ def image_seeds(label: str, n: int, seed: int) -> list[int]:
   return [base + i for i in range(n)]
 
 
-def task_set(task: str, split: str, n: int, seed: int = 0) -> tuple[list[str], np.ndarray, list[dict]]:
-  """(captions, real uint8 (n, 64, 64, 3), specs) of one task on "seen" or "heldout" combinations."""
-  scenes = shapes.ShapesScenes(IMAGE_SIZE, SPLITS[split], _scene_seed(seed, f"{task}/{split}"), (TASKS[task],))
+def task_set(task: str, split: str, n: int, seed: int = 0,
+             image_size: int = IMAGE_SIZE) -> tuple[list[str], np.ndarray, list[dict]]:
+  """(captions, real uint8 (n, S, S, 3), specs) of one task on "seen" or "heldout" combinations, rendered
+  at S = `image_size` (64 px, the generated images' size, unless asked otherwise)."""
+  scenes = shapes.ShapesScenes(image_size, SPLITS[split], _scene_seed(seed, f"{task}/{split}"), (TASKS[task],))
   images, captions, specs = scenes.batch(0, n)
   return captions, images, specs
 

@@ -74,8 +74,14 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
   z = results.get("zeroshot")
   if z:
     for probe in ("colour", "shape", "colour_shape"):
-      out.append(("zeroshot", f"shapes {probe.replace('_', '+')}", _p(z["shapes"]["seen"][probe]),
+      size = f" ({z['image_size']} px renders)" if "image_size" in z else ""
+      out.append(("zeroshot", f"shapes {probe.replace('_', '+')}{size}", _p(z["shapes"]["seen"][probe]),
                   _p(z["shapes"]["heldout"][probe]), f"chance {z['shapes']['seen'][probe]['chance']:.2f}"))
+    if "shapes_resized_from_64px" in z:
+      for probe in ("colour", "shape"):
+        r = z["shapes_resized_from_64px"]
+        out.append(("zeroshot", f"shapes {probe} (64 px renders resized)", _p(r["seen"][probe]),
+                    _p(r["heldout"][probe]), "a resolution shift the CLIP never trained on"))
     if "fashion_mnist" in z:
       out.append(("zeroshot", "fashion_mnist test (10 classes)", _p(z["fashion_mnist"]), "",
                   f"chance {z['fashion_mnist']['chance']:.2f}"))

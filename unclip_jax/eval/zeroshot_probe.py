@@ -18,7 +18,11 @@ from unclip_jax.eval import prompts
 from unclip_jax.eval.stats import proportion
 
 
-def shapes_probes(scorer, n: int, seed: int) -> dict:
+def shapes_probes(scorer, n: int, seed: int, image_size: int | None = None) -> dict:
+  """Colour, shape and colour+shape of single-object scenes, rendered at `image_size` (default: the CLIP's
+  own input size, as it saw scenes in training; 64 px renders resized to a 32 px CLIP are a resolution
+  shift its training never had, reported separately by `run`)."""
+  image_size = image_size or int(scorer.config.image_size)
   colors, kinds = list(shapes.COLORS), list(shapes.SHAPES)
   objects = [(c, s) for c in colors for s in kinds]
   probes = {  # name: (labels, templates, truth of an object, classes)
@@ -28,7 +32,7 @@ def shapes_probes(scorer, n: int, seed: int) -> dict:
   }
   out = {}
   for split in prompts.SPLITS:
-    _, images, specs = prompts.task_set("single", split, n, seed + 77)
+    _, images, specs = prompts.task_set("single", split, n, seed + 77, image_size)
     truth_objects = [(s["objects"][0]["color"], s["objects"][0]["shape"]) for s in specs]
     out[split] = {}
     for name, (labels, templates, truth) in probes.items():
@@ -76,7 +80,10 @@ def emoji_style_probe(scorer, n: int, seed: int, source: str | None = None) -> d
 def run(ctx) -> dict:
   o = ctx.options
   scorer = ctx.generator_clip
-  out = {"clip": "the generator's CLIP (pipeline stage 'clip')", "shapes": shapes_probes(scorer, o.num, o.seed)}
+  out = {"clip": "the generator's CLIP (pipeline stage 'clip')", "shapes": shapes_probes(scorer, o.num, o.seed),
+         "image_size": int(scorer.config.image_size)}
+  if out["image_size"] != prompts.IMAGE_SIZE:
+    out["shapes_resized_from_64px"] = shapes_probes(scorer, o.num, o.seed, prompts.IMAGE_SIZE)
   if not o.zeroshot_extra:
     out["skipped"] = {"fashion_mnist": "not asked for", "emoji": "not asked for"}
     return out
