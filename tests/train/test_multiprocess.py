@@ -116,25 +116,21 @@ def assert_same_numbers(workdir, reference_workdir, tol: float = 1e-5) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shard_optimizer", [False, True], ids=["replicated", "zero"])
-def test_two_processes_follow_one_process_with_the_same_global_batch(data_dir, tmp_path, shard_optimizer):
-  overrides = {"train.steps": 4, "train.shard_optimizer": shard_optimizer}
-  launch(tmp_path / "mp", data_dir, **overrides)
-  reference = one_process(data_dir, tmp_path / "one", **overrides)
+def test_two_processes_follow_one_process_with_the_same_global_batch(data_dir, tmp_path):
+  """Replicated optimizer; the ZeRO comparison is the end of the kill test below (2 × 2 ZeRO, killed and
+  resumed, against 1 × 4 ZeRO), which keeps the suite's wall time down."""
+  launch(tmp_path / "mp", data_dir, **{"train.steps": 4})
+  one_process(data_dir, tmp_path / "one", **{"train.steps": 4})
   assert [r["step"] for r in rows(tmp_path / "mp")] == [1, 2, 3, 4]  # one writer: process 0
   assert_same_numbers(tmp_path / "mp", tmp_path / "one")
-  if shard_optimizer:  # the moments really are split over the 4 devices of both processes
-    assert reference.state.opt_state["mu"].shape[0] == 4
-    assert {p.name for p in (tmp_path / "mp" / "checkpoints").iterdir()} >= {"2", "4"}
-    # A 2-process checkpoint does not resume in one process: each process's data position is its own.
-    with pytest.raises(UserError, match="resume with the same process count"):
-      one_process(data_dir, tmp_path / "mp", **{**overrides, "train.steps": 6})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker", "coordinator"])
 def test_a_killed_peer_stops_the_survivor_and_the_rerun_resumes_exactly(data_dir, tmp_path, victim):
-  """Killing process 1, or process 0 (which hosts JAX's coordination service and writes the metrics)."""
+  """Killing process 1 (the survivor's watchdog notices), or process 0 (which hosts JAX's coordination
+  service, so JAX aborts the survivor at once and its supervisor speaks); ZeRO across both processes.
+  The rerun after killing process 1 must end equal to an uninterrupted 1 × 4 ZeRO run."""
   overrides = {"train.steps": 8, "train.shard_optimizer": True}
   workdir = tmp_path / "mp"
   procs = start(workdir, data_dir, **overrides)
@@ -160,8 +156,14 @@ def test_a_killed_peer_stops_the_survivor_and_the_rerun_resumes_exactly(data_dir
   # step 2 or 4: the step-4 save may still have been under way (async) when the peer died; never a later one
   assert complete in (2, 4) and (workdir / "checkpoints" / str(complete)).is_dir()
 
+  if victim == 0:
+    return  # resuming is the same after either loss; checked once
   outputs = launch(workdir, data_dir, **overrides)  # the same command again
   assert all(re.search(rf"resumed \S+ at step {complete}\n", out) for out in outputs), outputs[0][-2000:]
   assert all("finished at step 8" in out for out in outputs)
-  one_process(data_dir, tmp_path / "one", **overrides)
+  reference = one_process(data_dir, tmp_path / "one", **overrides)
   assert_same_numbers(workdir, tmp_path / "one")
+  assert reference.state.opt_state["mu"].shape[0] == 4  # the moments are split over the 4 devices
+  # A 2-process checkpoint does not resume in one process: each process's data position is its own.
+  with pytest.raises(UserError, match="resume with the same process count"):
+    one_process(data_dir, workdir, **{**overrides, "train.steps": 10})
