@@ -71,6 +71,26 @@ def test_loader_batches_are_deterministic_sharded_and_resumable(shapes_dir):
   assert len(a) == len(b) == 24 and not set(a) & set(b)  # disjoint halves (specs are unique per example)
 
 
+def test_global_batches_do_not_depend_on_the_process_count(shapes_dir):
+  """Two processes' halves of each global batch, put side by side, are the one-process batch; resuming a
+  process's iterator mid-epoch continues its part."""
+  root, config = shapes_dir
+  source = pipeline.open_source(root, "shapes", "train", config)
+
+  def specs(count, index, batches=5):  # 5 global batches of 16 cross the 48-example epoch boundary
+    it = iter(pipeline.make_loader(source, batch_size=16 // count, seed=7, process_index=index, process_count=count))
+    return [list(next(it)["spec"]) for _ in range(batches)]
+
+  one, halves = specs(1, 0), [specs(2, p) for p in range(2)]
+  assert [a + b for a, b in zip(*halves)] == one
+  assert len(set(one[0])) == 16 and one[0] != one[1]
+  it = iter(pipeline.make_loader(source, batch_size=8, seed=7, process_index=1, process_count=2))
+  next(it), next(it)
+  again = iter(pipeline.make_loader(source, batch_size=8, seed=7, process_index=1, process_count=2))
+  again.set_state(it.get_state())
+  assert list(next(again)["spec"]) == halves[1][2]
+
+
 def test_bad_input(shapes_dir, tmp_path, capsys):
   root, config = shapes_dir
   with pytest.raises(UserError, match="does not exist; prepare it with `python -m unclip_jax.data.prepare shapes"):

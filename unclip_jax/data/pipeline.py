@@ -1,8 +1,9 @@
 """Reading prepared datasets: tfds array_record sources fed through grain.
 
-Each process reads its own shard (`jax.process_index()` of `jax.process_count()`), shuffles
-deterministically from the run's seed, and yields host-local batches. The grain iterator's state is a
-small byte string the trainer stores in its checkpoint, so a resumed run continues with exactly the
+Every process walks the same shuffled global order (from the run's seed) and reads its own contiguous
+part of each global batch, so the global batch at each step is the same whatever the process count
+(`GlobalBatchSampler`): a 2-process run sees the examples a 1-process run does. Batches are host-local.
+The grain iterator's state is a small byte string the trainer stores in its checkpoint, so a resumed run continues with exactly the
 examples it would have seen.
 
 Records are read by `read_threads` grain threads; decoding, the per-example transforms and batching run
@@ -68,12 +69,47 @@ def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+class GlobalBatchSampler:
+  """A grain sampler that cuts one global shuffled order into per-process parts of each global batch.
+
+  grain's own sharding gives each process a contiguous slice of the records, so the examples of a global
+  batch depend on the process count. Here the data loader asks for element `i * P + p` (its i-th, in
+  process p of P); that is global position `(i // b) * B + p * b + i % b` of a process-agnostic
+  `IndexSampler`, with b = B / P examples per process. One process (P = 1) reads that order unchanged.
+  """
+
+  def __init__(self, num_records: int, *, global_batch: int, process_index: int, process_count: int,
+               shuffle: bool, seed: int, num_epochs: int | None):
+    self._base = grain.IndexSampler(num_records=num_records, shuffle=shuffle, seed=seed, num_epochs=num_epochs,
+                                    shard_options=grain.NoSharding())
+    self._global, self._count = global_batch, process_count
+    self._local = global_batch // process_count
+    self.shard_options = grain.ShardOptions(process_index, process_count, drop_remainder=True)
+    base = len(self._base)
+    self._len = base if num_epochs is None else (base // global_batch) * global_batch  # whole global batches
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __repr__(self) -> str:  # grain compares it with the one in a saved iterator state
+    return (f"GlobalBatchSampler(base={self._base!r}, global_batch={self._global}, "
+            f"shard_options={self.shard_options!r})")
+
+  def __getitem__(self, index: int):
+    if index < 0 or index >= self._len:
+      raise IndexError(f"sampler index {index} out of range [0, {self._len})")
+    i, p = divmod(index, self._count)
+    meta = self._base[(i // self._local) * self._global + p * self._local + i % self._local]
+    return grain.RecordMetadata(index=index, record_key=meta.record_key, rng=meta.rng)
+
+
 def make_loader(source, *, batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
                 process_index: int = 0, process_count: int = 1, operations=(), worker_count: int = 0,
                 read_threads: int = 4, prefetch: int = 2):
-  """A grain loader over this process's shard of `source`, yielding batches of `batch_size` examples.
+  """A grain loader over this process's part of `source`, yielding batches of `batch_size` examples.
 
-  `batch_size` is per process (the global batch divided by the process count). `operations` are
+  `batch_size` is per process (the global batch divided by the process count; see `GlobalBatchSampler`).
+  `operations` are
   grain transforms applied per example before batching (default: `ImageCaption`). `read_threads`
   grain threads read records; with `prefetch` > 0 the loader is a `Prefetch` that prepares that many
   batches ahead in a background thread (0: batches are made on demand, in the caller's thread).
@@ -87,12 +123,17 @@ def make_loader(source, *, batch_size: int, seed: int, shuffle: bool = True, num
   if per_shard < batch_size:
     raise UserError(f"the dataset has {len(source)} examples, {per_shard} per process: too few for a batch "
                     f"of {batch_size}; prepare more data or lower the batch size")
-  sampler = grain.IndexSampler(num_records=len(source), shuffle=shuffle, seed=seed, num_epochs=num_epochs,
-                               shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True))
+  if process_count == 1:  # the same order; kept as grain's own sampler so older iterator states still restore
+    sampler = grain.IndexSampler(num_records=len(source), shuffle=shuffle, seed=seed, num_epochs=num_epochs,
+                                 shard_options=grain.ShardOptions(0, 1, drop_remainder=True))
+  else:
+    sampler = GlobalBatchSampler(len(source), global_batch=batch_size * process_count, process_index=process_index,
+                                 process_count=process_count, shuffle=shuffle, seed=seed, num_epochs=num_epochs)
   ops = list(operations) or [ImageCaption()]
   # A small read-ahead: the default (500 records) would hold far more decoded images than a step needs.
   read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size, 16))
   loader = grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
+                            shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True),
                             operations=ops + [grain.Batch(batch_size, drop_remainder=True)], read_options=read)
   return Prefetch(loader, prefetch) if prefetch else loader
 

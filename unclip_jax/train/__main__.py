@@ -4,6 +4,10 @@ Trains one stage (clip, prior, decoder, sr_64_256, sr_256_1024) on all local dev
 latest checkpoint in DIR. Writes DIR/checkpoints (orbax), DIR/metrics.jsonl, DIR/tensorboard,
 DIR/samples (image grids, for stages that draw images) and, at the end, DIR/export (the stage checkpoint
 that sampling and the next stages load). Ctrl-C or SIGTERM saves the current step and exits.
+
+In a multi-process job (launch/) each process runs the training in a child (`train.supervisor`), so that
+even a C++ abort of JAX's coordination client ends with our line naming the lost process and the
+checkpoint to resume from (exit status 3); rerunning the same command resumes from that checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ def main(argv) -> int:
   xla_flags.apply_defaults()  # XLA CPU defaults unless XLA_FLAGS is set; before JAX starts (README "Benchmarks")
 
   from unclip_jax import distributed
+  from unclip_jax.train import supervisor
+
+  multi, index, count = distributed.requested()
+  if multi and not supervisor.is_child():
+    return supervisor.run(list(argv), args.workdir, index, count)
+  if supervisor.is_child():
+    supervisor.die_with_parent()
   from unclip_jax.train import config_loader, loop  # heavy imports after argument checks
 
   distributed.initialize_from_env()  # a multi-process job, when a launcher in launch/ asked for one

@@ -73,6 +73,18 @@ def _every_process(data_state: bytes) -> list[str]:
   return [bytes(gathered[i, :lengths[i]]).decode("utf-8") for i in range(len(lengths))]
 
 
+def describe_latest_on_disk(workdir: str | Path) -> str:
+  """"step N in DIR" for the newest finished step folder of a run, read from the disk itself (safe from
+  any thread, even while a save is under way): orbax writes a step under a temporary name and renames it
+  into place only when every process has written its part, so a save cut short is never listed."""
+  directory = Path(workdir).absolute() / "checkpoints"
+  try:
+    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()]
+  except OSError:
+    steps = []
+  return f"step {max(steps)} in {directory}" if steps else f"none yet in {directory} (the run restarts at step 0)"
+
+
 class DamagedCheckpoint(Exception):
   """A run checkpoint whose files cannot be read or whose arrays differ from their saved checksums."""
 

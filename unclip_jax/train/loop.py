@@ -23,15 +23,17 @@ import numpy as np
 import optax
 
 from unclip_jax import checkpoint as stage_checkpoint
+from unclip_jax import distributed
 from unclip_jax import images as image_io
 from unclip_jax.data import pipeline
 from unclip_jax.errors import UserError
 from unclip_jax.train import optim, zero
-from unclip_jax.train.checkpoints import RunCheckpoints
+from unclip_jax.train.checkpoints import RunCheckpoints, describe_latest_on_disk
 from unclip_jax.train.metrics import MetricsWriter
 from unclip_jax.train.stages import get_stage
 from unclip_jax.train.stages.base import AXIS, TIMESTEP_LOSSES, device_arrays, record_timestep_losses
 from unclip_jax.train.state import INIT_STREAM, SAMPLES_STREAM, TrainState, step_key
+from unclip_jax.train.watchdog import PeerWatchdog
 
 
 class TrainingDiverged(RuntimeError):
@@ -129,6 +131,16 @@ def _devices(config):
   return local[:wanted] if wanted else local
 
 
+def _connect(devices) -> None:
+  """One tiny collective over the step's devices, before compiling the step. On CPU, gloo connects the
+  processes at the first collective over a device set and gives up after 30 s; compiling the step can
+  take one process that much longer than another on a loaded host. Connected here, the step's first
+  collective only waits."""
+  ones = np.ones((len(devices) // jax.process_count(),), np.float32)
+  total = jax.pmap(lambda x: jax.lax.psum(x, AXIS), axis_name=AXIS, devices=devices)(ones)
+  host_value(total)
+
+
 def _place(tree, sharding):
   """Host arrays (identical in every process) → global arrays with `sharding` (each process fills its
   own devices), as the step returns them; works in single- and multi-process runs alike."""
@@ -136,12 +148,25 @@ def _place(tree, sharding):
                       tree)
 
 
-def _savable(state, replicated):
-  """In a multi-process job pmap returns each process's replicas as host-local arrays; orbax saves
-  global ones, so the (identical) replicas are re-wrapped as one replicated global array."""
+def _savable(state, replicated, split, n_devices: int):
+  """In a multi-process job pmap returns host-local arrays; orbax saves global ones. The (identical)
+  replicas are re-wrapped as one replicated global array; ZeRO slices (`opt_state` mapped over the
+  devices; `split` is their sharding, None when the optimizer is replicated) as one array split over
+  every device of every process, without leaving the devices."""
   if jax.process_count() == 1:
     return state
-  return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, replicated, lambda i: host_value(x)[i]), state)
+
+  def as_replicated(x):
+    return jax.make_array_from_callback(x.shape, replicated, lambda i: host_value(x)[i])
+
+  def as_split(x):
+    if x.shape[0] == n_devices:  # already global (restored, not stepped since)
+      return x
+    return jax.make_array_from_single_device_arrays((n_devices,) + x.shape[1:], split,
+                                                    [s.data for s in x.addressable_shards])
+  fields = {f: jax.tree.map(as_replicated, getattr(state, f)) for f in ("step", "params", "ema_params", "extra")}
+  fields["opt_state"] = jax.tree.map(as_replicated if split is None else as_split, state.opt_state)
+  return TrainState(**fields)
 
 
 def host_value(x) -> np.ndarray:
@@ -153,9 +178,29 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
   """Trains `config`'s stage in `workdir`, resuming from its latest checkpoint if there is one.
 
   `stop_after` ends the run after that many steps as a preemption would (save, then return); the
-  next call resumes where it stopped.
+  next call resumes where it stopped. In a multi-process job a `PeerWatchdog` watches the other
+  processes and the step progress throughout, and ends this process if one is lost or a step hangs.
   """
-  workdir = Path(workdir)
+  if jax.process_count() == 1:
+    return _train(config, Path(workdir), stop_after, progress, None)
+  dog = PeerWatchdog(Path(workdir) / "heartbeat", jax.process_index(), jax.process_count(),
+                     peer_timeout=float(config.train.get("peer_timeout_s", 20)),
+                     step_timeout=float(config.train.get("step_timeout_s", 1800)),
+                     last_checkpoint=lambda: describe_latest_on_disk(workdir)).start()
+  try:
+    result = _train(config, Path(workdir), stop_after, progress, dog)
+    distributed.finish()  # leave the JAX job while still watched: a peer lost in the last sync is named too
+  except (UserError, KeyboardInterrupt):  # the same mistake in every process, or the user stopping it
+    dog.stop()
+    raise
+  except BaseException:  # e.g. a collective failed because a peer vanished: the watchdog tells which
+    dog.await_verdict()
+    raise
+  dog.stop()
+  return result
+
+
+def _train(config, workdir: Path, stop_after: int | None, progress: bool, dog: PeerWatchdog | None) -> RunResult:
   stage = get_stage(config)
   devices = _devices(config)
   n_proc = jax.process_count()
@@ -179,10 +224,7 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
   layout = None
   if config.train.get("shard_optimizer", False):
     zero.check_supported(config.optim)
-    if n_proc > 1:
-      raise UserError("train.shard_optimizer runs within one process for now; in a multi-process job keep the "
-                      "optimizer replicated (train.shard_optimizer=false)")
-    layout = zero.FlatLayout.of(params, len(devices))
+    layout = zero.FlatLayout.of(params, len(devices))  # one slice per device of every process
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=zero.init_shards(layout, params, use_ema),
                        ema_params={}, extra=extra)
   else:
@@ -192,6 +234,7 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
   mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+  opt_split = split if layout is not None else None
   shardings = TrainState(step=replicated, params=replicated, ema_params=replicated, extra=replicated,
                          opt_state=split if layout is not None else replicated)
   start, restored, data_state = checkpoints.restore_latest(state, shardings)
@@ -205,6 +248,8 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
                           for f in ("step", "params", "opt_state", "ema_params", "extra")})
   last_saved = start
 
+  if n_proc > 1:
+    _connect(devices)
   p_step = make_train_step(stage, tx, config, devices, layout)
   writer = MetricsWriter(workdir, resume_step=start)
   log_every = max(1, int(config.train.get("log_every", 100)))
@@ -231,6 +276,8 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
         state, metrics = p_step(state, _shard(device_arrays(host), n_dev))
         metrics = {k: float(host_value(v)) for k, v in metrics.items()}
         step += 1
+        if dog is not None:
+          dog.progress(step)
         if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
           raise TrainingDiverged(f"non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}) "
                                  f"at step {step}; stopped without saving it. The last good checkpoint "
@@ -248,17 +295,18 @@ def train(config, workdir: str | Path, *, stop_after: int | None = None, progres
           bar.update(1)
           bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
         if step % ckpt_every == 0:
-          checkpoints.save(step, _savable(state, replicated), iterator.get_state())
+          checkpoints.save(step, _savable(state, replicated, opt_split, len(devices)), iterator.get_state())
           last_saved = step
-        if sample_every and step % sample_every == 0 and jax.process_index() == 0:
-          _write_samples(stage, state, sampling_params(state, layout), sample_batch, workdir, step, int(config.seed),
-                         writer)
+        if sample_every and step % sample_every == 0:
+          params_now = sampling_params(state, layout)  # every process: sharded EMA slices are gathered
+          if jax.process_index() == 0:
+            _write_samples(stage, state, params_now, sample_batch, workdir, step, int(config.seed), writer)
         if preemption.requested:
           stopped_early = True
           print(f"\n{preemption.requested}: saving step {step} and exiting", flush=True)
           break
       if step != last_saved:
-        checkpoints.save(step, _savable(state, replicated), iterator.get_state())
+        checkpoints.save(step, _savable(state, replicated, opt_split, len(devices)), iterator.get_state())
       if step == total_steps and not stopped_early:
         export(stage, state, layout, workdir / "export", step)
     finally:

@@ -29,6 +29,8 @@ def train_config(batch_size: int, steps: int, **stage_fields) -> ml_collections.
   c.sample_every = 0               # image grids in WORKDIR/samples (stages that draw images); 0 = never
   c.num_devices = 0                # local devices to use; 0 = all
   c.shard_optimizer = False        # split Adam moments + EMA over the devices (ZeRO-2, unclip_jax.train.zero)
+  c.peer_timeout_s = 20            # multi-process: a peer silent this long is lost (train/watchdog.py)
+  c.step_timeout_s = 1800          # multi-process: no step finished this long (compiling included) = a hang
   for key, value in stage_fields.items():
     c[key] = value
   return c

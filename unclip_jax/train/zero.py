@@ -3,7 +3,7 @@ collectives inside the per-device step.
 
 Replicating Adam's two moments and the EMA on every device costs 3× the parameters per device: for the
 `karlo` decoder (0.89B parameters) that is 10.7 GB before gradients and activations. Here every device
-keeps only its 1/N slice of a flat float32 view of the parameters' optimizer state and EMA:
+(of every process, in a multi-host job: N counts them all) keeps only its 1/N slice of a flat float32 view of the parameters' optimizer state and EMA:
 
     g_i   = psum_scatter(flat(grads), tiled) / N       # the device's slice of the mean gradient
     norm  = sqrt(psum(|g_i|²))                           # global-norm clipping needs every slice

@@ -1,0 +1,76 @@
+"""The launchers in launch/: shellcheck-clean, listed in the README's launcher table, and the cluster ones
+print what they would run (dry run) with the coordinator, process count and per-process index right."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch"
+SCRIPTS = sorted([*LAUNCH.glob("*.sh"), *LAUNCH.glob("*.sbatch")])
+ARGS = ["--config", "configs/decoder.py:karlo", "--workdir", "/shared/runs/my decoder"]
+
+
+def run(script, env, *args):
+  out = subprocess.run(["bash", str(LAUNCH / script), *args], env={**os.environ, **env}, capture_output=True,
+                       text=True, timeout=60)
+  assert out.returncode == 0, out.stderr
+  return out.stdout
+
+
+def test_every_launcher_is_shellcheck_clean():
+  if shutil.which("shellcheck") is None:
+    if os.environ.get("CI"):
+      pytest.fail("shellcheck is not installed (.ci/run installs it)")
+    pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+  out = subprocess.run(["shellcheck", "-x", *map(str, SCRIPTS)], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stdout
+
+
+def test_every_launcher_is_in_the_readme_table():
+  readme = (REPO / "README.md").read_text()
+  table = [line.strip() for line in readme.splitlines() if line.strip().startswith("| `launch/")]
+  for path in [*SCRIPTS, LAUNCH / "k8s" / "job.yaml"]:
+    rel = path.relative_to(REPO).as_posix()
+    assert any(f"`{rel}" in line for line in table), f"{rel} is missing from the README's launcher table"
+
+
+@pytest.mark.parametrize("with_scontrol", [True, False], ids=["scontrol", "no-slurm-tools"])
+def test_slurm_dry_run_starts_one_task_per_node_with_the_first_host_as_coordinator(tmp_path, with_scontrol):
+  path = os.environ["PATH"]
+  if with_scontrol:  # a stand-in for Slurm's own expansion of the node list
+    fake = tmp_path / "scontrol"
+    fake.write_text("#!/bin/sh\nprintf 'gpu03\\ngpu04\\ngpu07\\n'\n")
+    fake.chmod(0o755)
+    path = f"{tmp_path}:{path}"
+  else:
+    path = ":".join(p for p in path.split(":") if not (Path(p) / "scontrol").exists())
+  out = run("slurm.sbatch", {"PATH": path, "DRY_RUN": "1", "SLURM_JOB_NODELIST": "gpu[03-04,07]", "SLURM_NNODES": "3",
+                             "PORT": "23456"}, *ARGS)
+  assert out.splitlines()[0] == "UNCLIP_JAX_COORDINATOR=gpu03:23456 UNCLIP_JAX_NUM_PROCESSES=3"
+  srun = out.splitlines()[1]
+  assert srun.startswith("srun --nodes=3 --ntasks=3 --ntasks-per-node=1 ")
+  assert "UNCLIP_JAX_PROCESS_ID=\\$SLURM_PROCID" in srun and "unclip_jax.train" in srun
+  assert "my\\ decoder" in srun  # arguments survive quoting
+
+
+def test_kubernetes_dry_run_renders_an_indexed_job_and_a_headless_service():
+  yaml = pytest.importorskip("yaml")
+  out = run("k8s.sh", {"DRY_RUN": "1", "NAME": "dec", "NNODES": "4", "IMAGE": "reg/unclip:1", "PVC": "runs"}, *ARGS)
+  service, job = list(yaml.safe_load_all(out))
+  assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
+  assert service["spec"]["selector"] == {"job-name": "dec"} and service["spec"]["ports"][0]["port"] == 12355
+  spec = job["spec"]
+  assert job["kind"] == "Job" and spec["completionMode"] == "Indexed" and spec["completions"] == 4
+  assert spec["parallelism"] == 4 and spec["template"]["spec"]["subdomain"] == "dec"
+  container = spec["template"]["spec"]["containers"][0]
+  env = {e["name"]: e["value"] for e in container["env"]}
+  assert env == {"UNCLIP_JAX_COORDINATOR": "dec-0.dec:12355", "UNCLIP_JAX_NUM_PROCESSES": "4"}
+  command = container["args"][0]
+  assert "UNCLIP_JAX_PROCESS_ID=$JOB_COMPLETION_INDEX" in command
+  assert "-m unclip_jax.train --no_progress --config configs/decoder.py:karlo" in command
+  assert "my\\ decoder" in command and "${" not in out
+  assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
