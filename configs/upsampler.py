@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif flavour == "demo":
     data.name, data.config = "shapes", "64"  # `prepare shapes --image_size 64`: 50,000 captioned 64x64 scenes
     train.crop_fraction = 0.5  # 32 px crops of the 64 px images
-    train.batch_size, train.steps = 32, 1000
+    train.batch_size, train.steps = 32, 600
     config.optim.update(dict(lr=5e-4, warmup_steps=50, ema_decay=0.995))
     train.log_every, train.checkpoint_every = 50, 200
   return config
