@@ -169,7 +169,7 @@ def run(preset: str, stages, steps: int, batch: int | None, log=print) -> dict:
     step_s = float(np.median(times))
     achieved = flops / step_s
     row = {"stage": name, "parameters": runner.parameters, "global_batch": int(config.train.batch_size),
-           "dtype": dtype, "step_s": round(step_s, 4), "flops_per_step": flops, "achieved_flops": achieved,
+           "dtype": dtype, "step_s": float(f"{step_s:.6g}"), "flops_per_step": flops, "achieved_flops": achieved,
            "peak_flops": peaks[dtype], "mfu": achieved / peaks[dtype]}
     log(f"{name:10s} {runner.parameters:>13,d} params  batch {row['global_batch']:4d}  {step_s:8.4f} s/step  "
         f"{flops / 1e9:10.1f} GFLOP/step  {achieved / 1e9:8.1f} GFLOP/s  peak {peaks[dtype] / 1e9:8.1f}  "
