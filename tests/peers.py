@@ -13,6 +13,8 @@ import os
 
 import pytest
 
+from unclip_jax.bench.torch_peers import import_torchvision  # one torchvision work-around for tests and benchmarks
+
 REQUIRE = os.environ.get("UNCLIP_JAX_REQUIRE_PEERS") == "1"  # .ci/run sets it: a missing peer fails there
 
 
@@ -20,43 +22,6 @@ def _skip(reason: str):
   if REQUIRE:
     pytest.fail(f"{reason} (UNCLIP_JAX_REQUIRE_PEERS=1 makes this a failure)", pytrace=False)
   pytest.skip(reason, allow_module_level=True)
-
-
-def _tolerant(register):
-  def patched(op, *args, **kwargs):
-    if not (isinstance(op, str) and op.startswith("torchvision::")):
-      return register(op, *args, **kwargs)
-    try:
-      result = register(op, *args, **kwargs)
-    except RuntimeError:
-      return lambda fn: fn
-    if callable(result) and not args and not kwargs:  # decorator form: the error comes when applied
-      def decorator(fn):
-        try:
-          return result(fn)
-        except RuntimeError:
-          return fn
-      return decorator
-    return result
-  return patched
-
-
-def import_torchvision():
-  import torch.library as torch_library
-
-  names = [n for n in ("register_fake", "register_autograd", "register_kernel", "impl_abstract")
-           if hasattr(torch_library, n)]
-  originals = {n: getattr(torch_library, n) for n in names}
-  for n in names:
-    setattr(torch_library, n, _tolerant(originals[n]))
-  try:
-    import torchvision
-  except ImportError:
-    torchvision = None
-  finally:
-    for n in names:
-      setattr(torch_library, n, originals[n])
-  return torchvision
 
 
 def require(module_name: str):

@@ -47,7 +47,9 @@ def _tolerant(register):
   return patched
 
 
-def _import_torchvision() -> None:
+def import_torchvision():
+  """torchvision (or None if not installed), imported with its missing-operator registrations tolerated
+  (a CPU torch with a mismatched torchvision otherwise fails on `torchvision::nms`); the parity tests use it too."""
   import torch.library as torch_library
 
   names = [n for n in ("register_fake", "register_autograd", "register_kernel", "impl_abstract")
@@ -56,12 +58,13 @@ def _import_torchvision() -> None:
   for n in names:
     setattr(torch_library, n, _tolerant(originals[n]))
   try:
-    import torchvision  # noqa: F401
+    import torchvision
   except ImportError:
-    pass
+    torchvision = None
   finally:
     for n in names:
       setattr(torch_library, n, originals[n])
+  return torchvision
 
 
 def import_peer(name: str):
@@ -71,7 +74,7 @@ def import_peer(name: str):
   except ImportError:
     raise UserError(EXTRA_HINT) from None
   if name != "torch":
-    _import_torchvision()
+    import_torchvision()
   try:
     module = importlib.import_module(name)
   except ImportError as e:
