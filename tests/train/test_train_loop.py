@@ -18,12 +18,16 @@ CONFIG = CLIP_CONFIG
 tiny_config = tiny_clip_config
 
 
-def test_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_path):
+def test_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_path, capfd, caplog):
   straight = loop.train(tiny_config(data_dir), tmp_path / "straight", progress=False)
   first = loop.train(tiny_config(data_dir), tmp_path / "resumed", stop_after=3, progress=False)
   assert first.stopped_early and first.final_step == 3
   assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["2", "3"]
+  capfd.readouterr()
   second = loop.train(tiny_config(data_dir), tmp_path / "resumed", progress=False)
+  out = capfd.readouterr()
+  assert "resumed" in out.out and "warning" not in out.out
+  assert "could not be restored" not in caplog.text + out.err  # orbax knows every item's handler
   assert second.start_step == 3 and second.final_step == 6
   assert len(assert_same_run(tmp_path / "straight", straight.state, tmp_path / "resumed", second.state)) == 6
   assert (tmp_path / "straight" / "export" / "stage.json").is_file()
@@ -131,3 +135,12 @@ def test_a_field_added_later_with_its_old_behaviour_is_the_same_run():
   other = ml_collections.ConfigDict({"stage": "clip", "model": {"width": 8, "image_tower": False}})
   assert config_differences(saved, same) == []
   assert config_differences(saved, other) == ["model.image_tower: True in the checkpoint, False now"]
+
+
+def test_resuming_with_another_step_count_warns_that_the_schedule_moves(data_dir, tmp_path, capsys):
+  loop.train(tiny_config(data_dir, **{"train.steps": 6}), tmp_path / "run", stop_after=2, progress=False)
+  capsys.readouterr()
+  resumed = loop.train(tiny_config(data_dir, **{"train.steps": 4}), tmp_path / "run", progress=False)
+  assert resumed.start_step == 2 and resumed.final_step == 4
+  out = capsys.readouterr().out
+  assert "started with train.steps=6 and resumes with 4" in out and "--config.train.steps=6" in out, out

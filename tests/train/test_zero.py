@@ -1,11 +1,15 @@
 """Optimizer state sharded over the data axis (ZeRO-2) follows the replicated optimizer."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from tests.helpers import assert_same_run, losses, tiny_clip_config as tiny_config
+from unclip_jax.errors import UserError
 from unclip_jax.train import loop, optim, zero
 
 
@@ -54,3 +58,14 @@ def test_training_with_sharded_optimizer_follows_the_replicated_run(data_dir, tm
   resumed = loop.train(config, tmp_path / "zero2", progress=False)
   assert resumed.start_step == 2 and losses(tmp_path / "zero2") == b
   assert_same_run(tmp_path / "zero2", resumed.state, tmp_path / "zero", sharded.state)
+
+
+def test_resuming_a_sharded_run_on_another_device_count_is_refused_and_keeps_the_checkpoints(data_dir, tmp_path):
+  config = tiny_config(data_dir, **{"train.steps": 4, "train.shard_optimizer": True})
+  loop.train(config, tmp_path / "run", stop_after=2, progress=False)
+  before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+  fewer = tiny_config(data_dir, **{"train.steps": 4, "train.shard_optimizer": True, "train.num_devices": 4})
+  with pytest.raises(UserError, match=r"does not fit this run .*number of devices.*has shape \(8,.*\) there, "
+                                      r"\(4,.*\) now"):
+    loop.train(fewer, tmp_path / "run", progress=False)
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before  # nothing set aside as damaged

@@ -98,8 +98,13 @@ class RunCheckpoints:
     self._ocp = ocp
     self.directory = Path(workdir).absolute() / "checkpoints"
     self.config = config
+    self.saved_config: dict | None = None  # the config the run's checkpoints were saved with, if any
     self.manager = ocp.CheckpointManager(
-        self.directory, item_names=("state", "data", "config", "checksums"),
+        # Handlers registered up front: a fresh manager reads the metadata of items it has not yet
+        # restored (`_check_fits`), and restoring only some items does not warn about the others.
+        self.directory, item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                                       "config": ocp.JsonCheckpointHandler(),
+                                       "checksums": ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True))
     self._check_same_run()
 
@@ -108,11 +113,23 @@ class RunCheckpoints:
     if step is None:
       return
     saved = self.manager.restore(step, args=self._ocp.args.Composite(config=self._ocp.args.JsonRestore()))["config"]
+    self.saved_config = saved
     differences = config_differences(saved, self.config)
     if differences:
       raise UserError(f"{self.directory.parent} holds checkpoints of another run ({differences[0]}"
                       + (f"; {len(differences) - 1} more differences" if len(differences) > 1 else "")
                       + "); use a new --workdir")
+
+  def schedule_warning(self) -> str | None:
+    """A warning when a resumed run was started with another `train.steps`: the learning-rate schedule is
+    built from it, so changing it moves the rate of every step still to come (allowed: extending a run)."""
+    saved = _flatten(_json_roundtrip(self.saved_config or {})).get("train.steps")
+    now = int(self.config.train.steps)
+    if saved is None or int(saved) == now:
+      return None
+    return (f"warning: this run was started with train.steps={saved} and resumes with {now}; the learning-rate "
+            f"schedule now spans {now} steps, so the rate differs from the one the run was following "
+            f"(pass --config.train.steps={saved} to keep it)")
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

@@ -243,6 +243,8 @@ def _train(config, workdir: Path, stop_after: int | None, progress: bool, dog: P
     if data_state is not None:
       iterator.set_state(data_state)
     print(f"resumed {workdir} at step {start}", flush=True)
+    if (warning := checkpoints.schedule_warning()) is not None:
+      print(warning, flush=True)
   else:
     state = TrainState(**{f: _place(getattr(state, f), getattr(shardings, f))
                           for f in ("step", "params", "opt_state", "ema_params", "extra")})
