@@ -20,7 +20,8 @@ it with `unclip_jax.models.unet.unet_from_config(config.model, decoder=False)`. 
   * paper_64_256: 320 ch, depth 3, mult 1,2,3,4, scale-shift (ADM), ≈0.70B.
   * paper_256_1024: 192 ch, depth 2, mult 1,1,2,2,4,4, scale-shift, ≈0.30B.
 `config.degrade` is the conditioning corruption of `unclip_jax.data.degrade`: "blur" (σ 0.6, kernel 3)
-for 64→256, "bsr" for 256→1024. `config.diffusion` is `diffusion_config("sr_64_256" | "sr_256_1024", ...)`.
+for 64→256, "bsr" for 256→1024. `config.diffusion` is `diffusion_config("sr_64_256" | "sr_256_1024", ...)`
+(the demo predicts v instead of ε).
 """
 
 from __future__ import annotations
@@ -70,4 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     train.batch_size, train.steps = 32, 600
     config.optim.update(dict(lr=5e-4, warmup_steps=50, ema_decay=0.995))
     train.log_every, train.checkpoint_every = 50, 200
+    # v-prediction, as the demo decoder: an ε-model's first steps set the image's mean colour at random
+    # and this small model kept it (black backgrounds came out grey-purple even from real 32 px inputs).
+    config.diffusion.prediction = "v"
   return config
