@@ -50,6 +50,13 @@ def test_ema_weights_are_used_when_present(tmp_path):
   tree, which = P.load_stage_tree(tmp_path / "plain", kind, read_stage(tmp_path / "plain"), ema=True,
                                   log=said.append)
   assert which == "params" and said == ["plain: no EMA weights in this checkpoint; using its params"]
+  # A packed stage (`pipeline pack`, as the shipped demo) holds only its EMA tree: loaded as such, silently.
+  save_stage(tmp_path / "packed", ema, kind=kind, config=config, extra={"ema": False, "weights": "ema"})
+  said.clear()
+  tree, which = P.load_stage_tree(tmp_path / "packed", kind, read_stage(tmp_path / "packed"), ema=True,
+                                  log=said.append)
+  assert which == "ema" and not said
+  np.testing.assert_array_equal(tree["params"]["prd_embedding"], ema["params"]["prd_embedding"])
 
 
 def test_init_random_refuses_a_non_empty_folder(tmp_path, capsys):

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unclip_jax.bench.mfu import random_batch
 from unclip_jax.errors import ArgumentParser, UserError
 from unclip_jax.io import write_text_atomic
 
@@ -108,21 +109,7 @@ def _time_steps(stage, tx, config, layout, p_step, devices, args) -> float:
                        {}, extra)
   else:
     state = TrainState.create(params, tx, ema=config.optim.ema_decay > 0, extra=extra)
-  rng = np.random.default_rng(0)
-
-  def random_batch():
-    out = {}
-    for k, s in stage.batch_spec(args.per_device_batch).items():
-      shape = (n_dev,) + s.shape
-      if s.dtype == jnp.bool_:
-        out[k] = np.ones(shape, bool)
-      elif jnp.issubdtype(s.dtype, jnp.integer):
-        out[k] = rng.integers(1, 1000, shape).astype(s.dtype)
-      else:
-        out[k] = np.clip(rng.normal(size=shape), -1, 1).astype(s.dtype)
-    return out
-
-  batch = random_batch()
+  batch = random_batch(stage.batch_spec(args.per_device_batch), n_dev, np.random.default_rng(0))
   state, metrics = p_step(state, batch)  # warm-up (compiles)
   jax.block_until_ready(metrics)
   state, metrics = p_step(state, batch)

@@ -129,6 +129,10 @@ def load_stage_tree(path: Path, kind: str, meta: dict, *, ema: bool, log: Callab
   if meta.get("ema"):
     tree = load_stage_params(path, {"params": abstract, "ema": abstract}, kind=kind)
     return tree["ema" if ema else "params"], ("ema" if ema else "params")
+  if meta.get("weights") == "ema":  # a packed stage (`pack`): its only tree is the EMA one
+    if not ema:
+      log(f"{path.name}: this packed checkpoint holds only its EMA weights; --no-ema does not apply")
+    return load_stage_params(path, abstract, kind=kind), "ema"
   if ema and kind != "clip":
     log(f"{path.name}: no EMA weights in this checkpoint; using its params")
   return load_stage_params(path, abstract, kind=kind), "params"
