@@ -75,3 +75,16 @@ def assert_same_run(workdir_a, tree_a, workdir_b, tree_b, *, loss_rtol: float = 
     else:
       np.testing.assert_array_equal(x, y)
   return a
+
+
+def drawn_noise(keys, stream: int, steps: int, shape):
+  """The noise a pipeline stage drew for each image key (`stream` folded in, as the programs do), to feed
+  a PyTorch peer the same draws: (x_T (B, ...), [per-step noise (B, ...)], noisiest step first)."""
+  from unclip_jax import diffusion as D
+
+  x_T, per_step = [], []
+  for k in keys:
+    init_key, step_keys = D.sampling_keys(jax.random.fold_in(k, stream), steps)
+    x_T.append(np.asarray(jax.random.normal(init_key, (1,) + tuple(shape)))[0])
+    per_step.append([np.asarray(jax.random.normal(s, (1,) + tuple(shape)))[0] for s in step_keys])
+  return np.stack(x_T), [np.stack([p[j] for p in per_step]) for j in range(steps)]

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 
+from tests.helpers import drawn_noise
 from tests.parity import karlo_folders
-from unclip_jax import diffusion as D
 from unclip_jax import pipeline as P
 from unclip_jax.convert.__main__ import main as convert_main
 from unclip_jax.errors import UserError
@@ -40,16 +40,6 @@ def folders(tmp_path_factory):
   convert(f["karlo"], root / "full", variations=f["variations"], log=quiet)
   f["text_only"], f["full"] = root / "text_only", root / "full"
   return f
-
-
-def _noise(keys, stream, steps, shape):
-  """The noise our program drew for each image key: (x_T (B, ...), [per-step noise (B, ...)])."""
-  x_T, per_step = [], []
-  for k in keys:
-    init_key, step_keys = D.sampling_keys(jax.random.fold_in(k, stream), steps)
-    x_T.append(np.asarray(jax.random.normal(init_key, (1,) + shape))[0])
-    per_step.append([np.asarray(jax.random.normal(s, (1,) + shape))[0] for s in step_keys])
-  return np.stack(x_T), [np.stack([p[j] for p in per_step]) for j in range(steps)]
 
 
 def _feed_noise(monkeypatch, queues):
@@ -80,9 +70,9 @@ def test_generate_from_prompts_equals_unclip_pipeline(folders, monkeypatch):
 
   keys = P.image_keys(seeds)
   d, s, big = karlo_folders.WIDTH, karlo_folders.DECODER_SIZE, karlo_folders.SR_SIZE
-  prior_x, prior_steps = _noise(keys, P.PRIOR_KEY, 25, (d,))
-  _, dec_steps = _noise(keys, P.DECODER_KEY, 25, (s, s, 3))
-  sr_x, sr_steps = _noise(keys, P.SR_KEY, 7, (big, big, 3))
+  prior_x, prior_steps = drawn_noise(keys, P.PRIOR_KEY, 25, (d,))
+  _, dec_steps = drawn_noise(keys, P.DECODER_KEY, 25, (s, s, 3))
+  sr_x, sr_steps = drawn_noise(keys, P.SR_KEY, 7, (big, big, 3))
   _feed_noise(monkeypatch, {d: [torch.tensor(a) for a in prior_steps], s: [_nchw(torch, a) for a in dec_steps],
                             big: [_nchw(torch, a) for a in sr_steps]})
   ref_pipe = folders["pipe"]
@@ -116,8 +106,8 @@ def test_variations_equal_image_variation_pipeline(folders, monkeypatch):
 
   keys = P.image_keys(seeds)
   s, big = karlo_folders.DECODER_SIZE, karlo_folders.SR_SIZE
-  _, dec_steps = _noise(keys, P.DECODER_KEY, 25, (s, s, 3))
-  sr_x, sr_steps = _noise(keys, P.SR_KEY, 7, (big, big, 3))
+  _, dec_steps = drawn_noise(keys, P.DECODER_KEY, 25, (s, s, 3))
+  sr_x, sr_steps = drawn_noise(keys, P.SR_KEY, 7, (big, big, 3))
   _feed_noise(monkeypatch, {s: [_nchw(torch, a) for a in dec_steps], big: [_nchw(torch, a) for a in sr_steps]})
   ref_pipe = folders["variations_pipe"]
   seen = _record_embeddings(monkeypatch, ref_pipe.text_proj)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import C, PRIOR, decoder_unet, sr_unet
+from tests.helpers import C, PRIOR, decoder_unet, drawn_noise, sr_unet
 from unclip_jax import diffusion as D
 from unclip_jax import pipeline as P
 from unclip_jax.convert.karlo import convert_state_dict, upsampler_model_config
@@ -97,19 +97,10 @@ def test_prior_decoder_upsampler_match_diffusers_unclip_pipeline(monkeypatch):
   small = ours.decode(emb, text, keys, settings["decoder"])
   big = ours.upsample(small, keys, settings)
 
-  # the noise our stages drew, regenerated per stage: (x_T (B, ...), [per-step noise (B, ...)])
-  def noise(stream, steps, shape):
-    x_T, per_step = [], []
-    for k in keys:
-      init_key, step_keys = D.sampling_keys(jax.random.fold_in(k, stream), steps)
-      x_T.append(np.asarray(jax.random.normal(init_key, (1,) + shape))[0])
-      per_step.append([np.asarray(jax.random.normal(s, (1,) + shape))[0] for s in step_keys])
-    return np.stack(x_T), [np.stack([p[j] for p in per_step]) for j in range(steps)]
-
   nchw = lambda a: torch.tensor(a.transpose(0, 3, 1, 2))  # noqa: E731
-  prior_x, prior_steps = noise(P.PRIOR_KEY, 25, (d,))
-  _, dec_steps = noise(P.DECODER_KEY, 25, (8, 8, 3))
-  sr_x, sr_steps = noise(P.SR_KEY, 7, (32, 32, 3))
+  prior_x, prior_steps = drawn_noise(keys, P.PRIOR_KEY, 25, (d,))
+  _, dec_steps = drawn_noise(keys, P.DECODER_KEY, 25, (8, 8, 3))
+  sr_x, sr_steps = drawn_noise(keys, P.SR_KEY, 7, (32, 32, 3))
   queues = {d: [torch.tensor(a) for a in prior_steps], 8: [nchw(a) for a in dec_steps],
             32: [nchw(a) for a in sr_steps]}
   monkeypatch.setattr(sched_mod, "randn_tensor", lambda shape, **k: queues[shape[-1]].pop(0))
@@ -156,12 +147,8 @@ def test_upsampler_stage_matches_diffusers_super_res_loop(monkeypatch):
 
   # our noise, regenerated: x_T and one normal per step from the image's SR key
   process = D.GaussianDiffusion.from_config(D.diffusion_config("sr_64_256")).respace("7")
-  x_T, noises = [], []
-  for k in keys:
-    init_key, step_keys = D.sampling_keys(jax.random.fold_in(k, P.SR_KEY), process.num_timesteps)
-    x_T.append(np.asarray(jax.random.normal(init_key, (1, 32, 32, 3)))[0])
-    noises.append([np.asarray(jax.random.normal(s, (1, 32, 32, 3)))[0] for s in step_keys])
-  noise_iter = iter(torch.tensor(np.stack([n[j] for n in noises]).transpose(0, 3, 1, 2)) for j in range(7))
+  x_T, step_noise = drawn_noise(keys, P.SR_KEY, process.num_timesteps, (32, 32, 3))
+  noise_iter = iter(torch.tensor(n.transpose(0, 3, 1, 2)) for n in step_noise)
   monkeypatch.setattr(sched_mod, "randn_tensor", lambda *a, **k: next(noise_iter))
 
   scheduler = diffusers.UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="epsilon",
@@ -169,7 +156,7 @@ def test_upsampler_stage_matches_diffusers_super_res_loop(monkeypatch):
   scheduler.set_timesteps(7)
   assert sorted(int(t) for t in scheduler.timesteps) == [int(t) for t in process.timestep_map]
   with torch.no_grad():
-    latents = torch.tensor(np.stack(x_T).transpose(0, 3, 1, 2))
+    latents = torch.tensor(x_T.transpose(0, 3, 1, 2))
     small = torch.tensor(low.transpose(0, 3, 1, 2))
     up = torch.nn.functional.interpolate(small, size=[32, 32], mode="bicubic", align_corners=False, antialias=True)
     ts = scheduler.timesteps
