@@ -26,6 +26,17 @@ class ArgumentParser(argparse.ArgumentParser):
     raise UserError(f"{message} (see --help)")
 
 
+def positive_ints(text: str, flag: str) -> list[int]:
+  """A comma-separated list of positive whole numbers given to `flag` (e.g. "1,2,4"); UserError otherwise."""
+  try:
+    values = [int(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    raise UserError(f"{flag} must be comma-separated whole numbers, got {text!r}") from None
+  if not values or any(v < 1 for v in values):
+    raise UserError(f"{flag} must be positive, got {text!r}")
+  return values
+
+
 def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> NoReturn:
   """Runs `main(argv)` and exits: 0 on success, 2 with one `error:` line on a `UserError`."""
   argv = sys.argv[1:] if argv is None else list(argv)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from unclip_jax import checkpoint, io
-from unclip_jax.errors import UserError, run_cli
+from unclip_jax.errors import UserError, positive_ints, run_cli
 
 
 def test_stage_checkpoint_round_trip_and_shape_errors(tmp_path):
@@ -97,3 +97,12 @@ def test_sampler_benchmark_runs_and_reports(tmp_path):
   rows = json.loads(out.read_text())["results"]
   assert {r["sampler"] for r in rows} == {"ddpm", "ddim"}
   assert all(r["n_steps"] == 8 and r["scan_ms_per_step"] > 0 for r in rows)
+
+
+def test_positive_ints_reads_a_comma_list_and_names_the_flag_when_bad():
+  assert positive_ints("1, 2,4,", "--devices") == [1, 2, 4]
+  with pytest.raises(UserError, match=r"--devices must be comma-separated whole numbers, got '1,x'"):
+    positive_ints("1,x", "--devices")
+  for bad in ("0,2", "", ","):
+    with pytest.raises(UserError, match=r"--batch must be positive"):
+      positive_ints(bad, "--batch")

@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from unclip_jax.errors import ArgumentParser, UserError
+from unclip_jax.errors import ArgumentParser, UserError, positive_ints
 
 
 def _parse(argv):
@@ -130,12 +130,7 @@ def run(preset: str, batches: list[int], *, overrides: dict, candidates: int = 1
 
 def main(argv) -> int:
   args = _parse(list(argv))
-  try:
-    batches = [int(b) for b in args.batch.split(",") if b.strip()]
-  except ValueError:
-    raise UserError(f"--batch must be comma-separated whole numbers, got {args.batch!r}") from None
-  if not batches or any(b < 1 for b in batches):
-    raise UserError(f"--batch sizes must be positive, got {args.batch!r}")
+  batches = positive_ints(args.batch, "--batch")
   if not 1 <= args.repeats <= 100:
     raise UserError(f"--repeats must lie between 1 and 100, got {args.repeats}")
   from unclip_jax.pipeline import check_steps

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from unclip_jax.errors import ArgumentParser, UserError
+from unclip_jax.errors import ArgumentParser, UserError, positive_ints
 
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
 
@@ -89,12 +89,7 @@ def main(argv) -> int:
   if args.worker is not None:
     print(json.dumps(measure(args.config, args.worker, args.steps, args.batch, args.per_device_batch)), flush=True)
     return 0
-  try:
-    counts = [int(c) for c in args.devices.split(",") if c.strip()]
-  except ValueError:
-    raise UserError(f"--devices must be comma-separated whole numbers, got {args.devices!r}") from None
-  if not counts or any(c < 1 for c in counts):
-    raise UserError(f"--devices must be positive, got {args.devices!r}")
+  counts = positive_ints(args.devices, "--devices")
   import jax
 
   cpu = jax.default_backend() == "cpu"
