@@ -123,7 +123,7 @@ class RunCheckpoints:
   def schedule_warning(self) -> str | None:
     """A warning when a resumed run was started with another `train.steps`: the learning-rate schedule is
     built from it, so changing it moves the rate of every step still to come (allowed: extending a run)."""
-    saved = _flatten(_json_roundtrip(self.saved_config or {})).get("train.steps")
+    saved = _flatten(self.saved_config or {}).get("train.steps")  # restored JSON: a plain dict already
     now = int(self.config.train.steps)
     if saved is None or int(saved) == now:
       return None
