@@ -85,6 +85,36 @@ def test_sigterm_saves_and_stops(data_dir, tmp_path, monkeypatch):
   assert not (tmp_path / "run" / "export").exists()
 
 
+def test_one_step_in_flight_is_the_same_run_and_a_stop_drops_the_queued_step(data_dir, tmp_path, monkeypatch):
+  """GPU/TPU dispatch step k+1 before reading step k; forced on here (one device: CPU collectives must not
+  overlap). SIGTERM arrives while step 3 runs, after step 4 was queued: step 3 is saved, the queued step
+  and its batch are given back, and the resumed run equals the one that waited on every step."""
+  one = {"train.num_devices": 1}
+  waited = loop.train(tiny_config(data_dir, **one), tmp_path / "waited", progress=False)
+  monkeypatch.setattr(loop, "one_step_in_flight", lambda: True)
+  real, calls = loop.make_train_step, []
+
+  def signalling(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    def wrapped(state, batch):
+      calls.append(int(np.asarray(state.step)))
+      if len(calls) == 4:  # step 4 is being dispatched while step 3 is not yet read
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step(state, batch)
+
+    return wrapped
+
+  monkeypatch.setattr(loop, "make_train_step", signalling)
+  first = loop.train(tiny_config(data_dir, **one), tmp_path / "ahead", progress=False)
+  assert calls == [0, 1, 2, 3] and first.stopped_early and first.final_step == 3
+  assert sorted(os.listdir(tmp_path / "ahead" / "checkpoints")) == ["2", "3"]
+  second = loop.train(tiny_config(data_dir, **one), tmp_path / "ahead", progress=False)
+  assert second.start_step == 3 and second.final_step == 6
+  assert calls[4:] == [3, 4, 5]
+  assert len(assert_same_run(tmp_path / "waited", waited.state, tmp_path / "ahead", second.state)) == 6
+
+
 def test_a_workdir_of_another_run_is_refused_untouched(data_dir, tmp_path):
   loop.train(tiny_config(data_dir, **{"train.steps": 2}), tmp_path / "run", progress=False)
   before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))

@@ -4,8 +4,11 @@ The step is written once, per device: the loss on the device's slice of the batc
 with `pmean` over the device axis, one optimizer update. The train state enters and leaves replicated
 (`in_axes=None`, `out_axes=None`), so no replicate/unreplicate round trips are needed.
 
-Every step is waited for before the next is dispatched: that is where the NaN guard reads the loss, and
-on CPU it also avoids a deadlock of XLA's collectives when several multi-device steps are in flight.
+Each step's metrics are read back to the host, where the NaN guard checks the loss. On CPU every step is
+waited for before the next is dispatched, which also avoids a deadlock of XLA's collectives when several
+multi-device steps are in flight. On GPU/TPU the next step is dispatched before the current one's metrics
+are read (`one_step_in_flight`), so the accelerator never idles while the host logs; around checkpoints,
+samples, a stop and the last step nothing is dispatched ahead, so the state saved is the state read.
 """
 
 from __future__ import annotations
@@ -80,6 +83,11 @@ def make_train_step(stage, tx: optax.GradientTransformation, config, devices, la
                           extra=None)
   return jax.pmap(per_device_step, axis_name=AXIS, in_axes=(state_axes, 0), out_axes=(state_axes, None),
                   devices=devices)
+
+
+def one_step_in_flight() -> bool:
+  """Whether the loop dispatches step k+1 before reading step k's metrics: on GPU/TPU, not on CPU."""
+  return jax.default_backend() != "cpu"
 
 
 def _shard(batch: dict[str, np.ndarray], n_devices: int) -> dict[str, np.ndarray]:
@@ -265,19 +273,31 @@ def _train(config, workdir: Path, stop_after: int | None, progress: bool, dog: P
 
   step, stopped_early, sample_batch = start, False, None
   window_start, window_steps = None, 0  # steps/s over the last logging window, compilation excluded
+  in_flight = one_step_in_flight()
+  queued, rewind = None, None  # the step dispatched ahead, and the data position before its batch
+
+  def dispatch_ahead(k: int) -> bool:  # may step k+1 start before step k is read? Not where step k's state is used.
+    return (in_flight and k < total_steps and k % ckpt_every != 0 and not (sample_every and k % sample_every == 0)
+            and not (stop_after is not None and k - start >= stop_after) and not preemption.requested)
+
   with _Preemption() as preemption:
     try:
       while step < total_steps:
         if stop_after is not None and step - start >= stop_after:
           stopped_early = True
           break
-        host = next(iterator)
-        if sample_batch is None:
-          stage.check_example({k: v[0] for k, v in host.items()})
-          sample_batch = host
-        state, metrics = p_step(state, _shard(device_arrays(host), n_dev))
-        metrics = {k: float(host_value(v)) for k, v in metrics.items()}
+        if queued is None:
+          host = next(iterator)
+          if sample_batch is None:
+            stage.check_example({k: v[0] for k, v in host.items()})
+            sample_batch = host
+          queued = p_step(state, _shard(device_arrays(host), n_dev))
+        (state, metrics), queued = queued, None
         step += 1
+        if dispatch_ahead(step):
+          rewind = iterator.get_state()
+          queued = p_step(state, _shard(device_arrays(next(iterator)), n_dev))
+        metrics = {k: float(host_value(v)) for k, v in metrics.items()}
         if dog is not None:
           dog.progress(step)
         if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
@@ -307,6 +327,9 @@ def _train(config, workdir: Path, stop_after: int | None, progress: bool, dog: P
           stopped_early = True
           print(f"\n{preemption.requested}: saving step {step} and exiting", flush=True)
           break
+      if queued is not None:  # stopped with the next step already dispatched: it never happened
+        queued = None
+        iterator.set_state(rewind)
       if step != last_saved:
         checkpoints.save(step, _savable(state, replicated, opt_split, len(devices)), iterator.get_state())
       if step == total_steps and not stopped_early:
