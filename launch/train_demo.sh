@@ -13,9 +13,10 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 OUT=${1:-runs/demo}
 CONFIGS="$REPO/configs"
-# On a 2-core CPU, 2 virtual devices keep both cores busy (8 are slower, see the README's benchmarks);
-# the YNNPACK fusion flag speeds up XLA:CPU's dots and elementwise ops.
-export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=2 --xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
+# XLA flags: the CLIs' CPU defaults (unclip_jax/xla_flags.py: 2 virtual devices, one per core, unless
+# XLA_FLAGS is set). No YNNPACK fusion flag: on jax 0.10 `--xla_cpu_experimental_ynn_fusion_type=
+# dot,eltwise,reduce` made the demo's CLIP step about 2x and its decoder step about 20% slower (README,
+# "Benchmarks"); the shipped weights were trained with it.
 mkdir -p "$OUT/logs"
 cd "$OUT"
 
