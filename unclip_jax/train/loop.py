@@ -328,7 +328,6 @@ def _train(config, workdir: Path, stop_after: int | None, progress: bool, dog: P
           print(f"\n{preemption.requested}: saving step {step} and exiting", flush=True)
           break
       if queued is not None:  # stopped with the next step already dispatched: it never happened
-        queued = None
         iterator.set_state(rewind)
       if step != last_saved:
         checkpoints.save(step, _savable(state, replicated, opt_split, len(devices)), iterator.get_state())
