@@ -1,12 +1,12 @@
-"""Evaluates an unCLIP pipeline on the `shapes` world: compositional accuracy, FD/KID/precision/recall,
-CLIP score and R-precision, zero-shot probes, the prior, and the guidance trade-off.
+"""Evaluates an unCLIP pipeline on the `shapes` world: compositional accuracy, which stage loses it,
+FD/KID/precision/recall, CLIP score and R-precision, zero-shot probes, the prior, and the guidance trade-off.
 
     python -m unclip_jax.evaluate [--checkpoint PIPELINE] --suite NAME [--num N] [--seed S] [--out DIR]
 
 Without --checkpoint the demo pipeline shipped in the package is evaluated.
 
-Suites: compositional, fd, clip_score, zeroshot, prior, guidance, all. Writes DIR/results.json,
-DIR/results.md (one markdown table), sample grids per compositional task (DIR/grids/) and, for guidance,
+Suites: compositional, stages, fd, clip_score, zeroshot, prior, guidance, all. Writes DIR/results.json,
+DIR/results.md (one markdown table), sample grids per compositional task and stages row (DIR/grids/) and, for guidance,
 DIR/guidance.png. The evaluator network (FD features) and evaluator CLIP are trained on first use and
 cached in --cache (default ~/.cache/unclip_jax/eval); see unclip_jax/eval/.
 """
@@ -23,7 +23,7 @@ from typing import Sequence
 from unclip_jax import xla_flags
 from unclip_jax.errors import ArgumentParser, UserError, run_cli
 
-SUITE_CHOICES = ("compositional", "fd", "clip_score", "zeroshot", "prior", "guidance", "all")
+SUITE_CHOICES = ("compositional", "stages", "fd", "clip_score", "zeroshot", "prior", "guidance", "all")
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:

@@ -73,6 +73,14 @@ def test_every_suite_end_to_end(pipe, tmp_path, capsys, monkeypatch):
         assert cell["real_ceiling"]["rate"] == 1.0, (task, split)
       assert (out / "grids" / f"compositional_{task}_{split}.png").is_file()
 
+  stages = results["stages"]
+  assert stages["task"] == "single" and not stages["skipped"]
+  for split, cell in stages["splits"].items():
+    assert cell["real_ceiling"]["rate"] == 1.0
+    for row in ("decoder_from_true_embedding", "upsampler_from_true_image"):
+      assert cell[row]["n"] == 2 and cell[row]["k"] == 0, (row, split)  # random weights: noise
+      assert (out / "grids" / f"stages_{row}_{split}.png").is_file()
+
   fd = results["fd"]
   assert fd["generated_vs_real"]["fd"] > fd["real_vs_real_floor"]["fd"] >= -1e-6
   assert 0 <= fd["generated_vs_real"]["precision"] <= 1 and 0 <= fd["memorisation"]["copy_rate"] <= 1

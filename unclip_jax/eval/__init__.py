@@ -12,16 +12,17 @@ Plain numpy / JAX functions, one idea per module:
   clip_eval     the evaluator CLIP (trained apart from the generator's, cached) and a CLIP scorer
   images        resizing and framed grids
   context       options, the loaded pipeline, evaluators and the generated-image cache shared by the suites
-  compositional / fidelity / alignment / zeroshot_probe / prior_eval / guidance   the suites
+  compositional / stage_attribution / fidelity / alignment / zeroshot_probe / prior_eval / guidance   the suites
   report        JSON, the markdown table, grids and the guidance plot
 """
 
-SUITES = ("compositional", "fd", "clip_score", "zeroshot", "prior", "guidance")
+SUITES = ("compositional", "stages", "fd", "clip_score", "zeroshot", "prior", "guidance")
 
 
 def suite_runner(name: str):
   """The `run(ctx) -> dict` of a suite."""
-  from unclip_jax.eval import alignment, compositional, fidelity, guidance, prior_eval, zeroshot_probe
+  from unclip_jax.eval import (alignment, compositional, fidelity, guidance, prior_eval, stage_attribution,
+                               zeroshot_probe)
 
-  return {"compositional": compositional.run, "fd": fidelity.run, "clip_score": alignment.run,
+  return {"compositional": compositional.run, "stages": stage_attribution.run, "fd": fidelity.run, "clip_score": alignment.run,
           "zeroshot": zeroshot_probe.run, "prior": prior_eval.run, "guidance": guidance.run}[name]

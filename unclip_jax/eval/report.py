@@ -46,6 +46,16 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                     _p(h["negated_shape_drawn"]), "known failure: no negation in training captions"))
     out.append(("compositional", "mean over tasks", _f(c["overall"]["seen"]["mean_over_tasks"]),
                 _f(c["overall"]["heldout"]["mean_over_tasks"]), f"{c['num_per_cell']} prompts per cell"))
+  st = results.get("stages")
+  if st:
+    for key, name in (("decoder_from_true_embedding", "decoder from the real image's CLIP embedding (no prior)"),
+                      ("upsampler_from_true_image", "upsampler from the real low-res render (no prior, decoder)")):
+      if key in st["skipped"]:
+        out.append(("stages", f"{st['task']} accuracy, {name}: skipped", "", "", st["skipped"][key]))
+      else:
+        s, h = st["splits"]["seen"], st["splits"]["heldout"]
+        out.append(("stages", f"{st['task']} accuracy, {name}", _p(s[key]), _p(h[key]),
+                    f"real {_p(s['real_ceiling'])} / {_p(h['real_ceiling'])}"))
   f = results.get("fd")
   if f:
     g, fl = f["generated_vs_real"], f["real_vs_real_floor"]
@@ -134,16 +144,17 @@ def _json_default(o):
 
 
 def write(results: dict, out: str | Path, meta: dict) -> dict[str, Path]:
-  """Writes results.json, results.md, the compositional grids and the guidance plot; returns the paths."""
+  """Writes results.json, results.md, the compositional and stages grids and the guidance plot; returns the paths."""
   from unclip_jax.eval.guidance import plot
   from unclip_jax.eval.images import framed_grid
   from unclip_jax.images import save_png
 
   out = Path(out)
   paths = {}
-  grids = results.get("compositional", {}).pop("_grids", {})
+  grids = {f"{suite}_{name}": grid for suite in ("compositional", "stages")
+           for name, grid in results.get(suite, {}).pop("_grids", {}).items()}
   for name, (images, ok, captions) in grids.items():
-    path = out / "grids" / f"compositional_{name}.png"
+    path = out / "grids" / f"{name}.png"
     save_png(path, framed_grid(images, ok))
     listing = "".join(f"{'PASS' if o else 'fail'}  {c}\n" for o, c in zip(ok, captions))
     write_text_atomic(path.with_suffix(".txt"), listing)
