@@ -85,9 +85,15 @@ meta = {"recipe": "launch/train_demo.sh (configs/*.py:demo)", "commit": commit, 
         "evaluation": {k: v for k, v in results.items() if k != "meta"}}
 Path("provenance.json").write_text(json.dumps(meta, indent=2, default=str))
 PY
+# Packed beside the run first, then swapped in; a stage whose weights equal the installed demo's keeps its
+# files (orbax names them at random), so re-shipping after retraining one stage adds only that stage to git.
+rm -rf packed
+REUSE=()
+[ -f "$REPO/unclip_jax/assets/demo/pipeline.json" ] && REUSE=(--reuse-unchanged "$REPO/unclip_jax/assets/demo")
+run pack python -m unclip_jax.pipeline pack pipeline --out packed --sampling "$SAMPLING" --meta provenance.json \
+  ${REUSE[@]+"${REUSE[@]}"}
 rm -rf "$REPO/unclip_jax/assets/demo"
-run pack python -m unclip_jax.pipeline pack pipeline --out "$REPO/unclip_jax/assets/demo" --sampling "$SAMPLING" \
-  --meta provenance.json
+mv packed "$REPO/unclip_jax/assets/demo"
 mkdir -p "$REPO/docs/demo"
 cp samples/grid.png "$REPO/docs/demo/samples.png"
 cp curves.png "$REPO/docs/demo/curves.png"

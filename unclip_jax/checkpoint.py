@@ -156,6 +156,29 @@ def save_stage(directory: str | os.PathLike, params: Any, *, kind: str, config: 
   return target
 
 
+def reuse_identical_params(new: str | os.PathLike, old: str | os.PathLike) -> bool:
+  """If stage checkpoint `old` stores exactly the arrays of the just-written `new` (the same array paths,
+  checksums and storage dtype, its files intact), puts a copy of old's params files in place of new's and
+  returns True. orbax names its files at random, so without this a re-export of unchanged weights would
+  still change every file (for shipped weights in git: a new copy of each blob)."""
+  new, old = Path(new), Path(old)
+  try:
+    new_meta, old_meta = read_stage(new), read_stage(old)
+    if (old_meta.get(CHECKSUMS) != new_meta.get(CHECKSUMS) or not old_meta.get(FILES)
+        or old_meta.get("storage_dtype") != new_meta.get("storage_dtype")):
+      return False
+    _check_files(old / PARAMS_DIR, old_meta[FILES], "")
+  except UserError:  # no such stage there, or damaged: write the new files
+    return False
+  staging = new / f".{PARAMS_DIR}.tmp-{uuid.uuid4().hex[:8]}"
+  shutil.copytree(old / PARAMS_DIR, staging)
+  shutil.rmtree(new / PARAMS_DIR)
+  os.replace(staging, new / PARAMS_DIR)
+  new_meta[FILES] = old_meta[FILES]
+  (new / STAGE_FILE).write_text(json.dumps(new_meta, indent=2, sort_keys=True, default=_json_default))
+  return True
+
+
 def _json_default(obj):
   if isinstance(obj, (np.integer, np.floating)):
     return obj.item()

@@ -101,3 +101,48 @@ def test_pack_ships_sampling_weights_in_float16_with_settings_and_meta(pipe_dir,
   with pytest.raises(SystemExit) as e:
     run_cli(pipeline_cli.main, ["pack", str(pipe_dir), "--out", str(out)])
   assert e.value.code == 2 and "not empty" in capsys.readouterr().err
+
+
+def test_pack_reuse_unchanged_keeps_the_files_of_identical_stages_only(pipe_dir, tmp_path, capsys):
+  """A re-pack of unchanged weights with --reuse-unchanged leaves every weight file as it was (orbax
+  names files at random, so plain re-packs change them all); a stage whose weights changed gets new files;
+  the result loads and checks its checksums like any packed pipeline."""
+  import shutil
+
+  from unclip_jax.checkpoint import PARAMS_DIR, file_digests
+  from unclip_jax.pipeline import make_random_pipeline
+
+  def pack(src, out, *extra):
+    with pytest.raises(SystemExit) as e:
+      run_cli(pipeline_cli.main, ["pack", str(src), "--out", str(out), *map(str, extra)])
+    assert e.value.code == 0, capsys.readouterr().err
+
+  def files(folder, stage):
+    return file_digests(Path(folder) / stage / PARAMS_DIR)
+
+  first, again = tmp_path / "first", tmp_path / "again"
+  pack(pipe_dir, first)
+  pack(pipe_dir, tmp_path / "plain")
+  stages = list(P.read_pipeline(first)["paths"])
+  assert all(files(first, s) != files(tmp_path / "plain", s) for s in stages)  # why the option exists
+  pack(pipe_dir, again, "--reuse-unchanged", first)
+  assert all(files(first, s) == files(again, s) for s in stages)
+
+  changed = tmp_path / "changed_src"  # the same pipeline with another decoder
+  shutil.copytree(pipe_dir, changed)
+  decoder = P.read_pipeline(changed)["paths"]["decoder"]
+  shutil.rmtree(decoder)
+  other = make_random_pipeline(tmp_path / "other", "tiny", seed=1)
+  shutil.copytree(P.read_pipeline(other)["paths"]["decoder"], decoder)
+  mixed = tmp_path / "mixed"
+  pack(changed, mixed, "--reuse-unchanged", first)
+  assert files(mixed, "decoder") != files(first, "decoder")
+  assert all(files(mixed, s) == files(first, s) for s in stages if s != "decoder")
+  loaded = P.Pipeline.load(mixed, log=lambda m: None)
+  np.testing.assert_allclose(np.asarray(loaded.decoder_params["unet"]["conv_in"]["kernel"]),
+                             np.asarray(P.Pipeline.load(other, log=lambda m: None)
+                                        .decoder_params["unet"]["conv_in"]["kernel"]), atol=2e-3)
+  with pytest.raises(SystemExit) as e:
+    run_cli(pipeline_cli.main, ["pack", str(pipe_dir), "--out", str(tmp_path / "x2"), "--reuse-unchanged",
+                                str(tmp_path / "nowhere")])
+  assert e.value.code == 2 and "nowhere" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
     python -m unclip_jax.pipeline init-random --preset tiny --out DIR
     python -m unclip_jax.pipeline assemble --clip C --prior P --decoder D --sr-64-256 S [--sr-64-256-last L] --out DIR
-    python -m unclip_jax.pipeline pack SRC --out DIR [--dtype float16] [--meta results.json]
+    python -m unclip_jax.pipeline pack SRC --out DIR [--dtype float16] [--meta results.json] [--reuse-unchanged OLD]
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ def main(argv: Sequence[str]) -> int:
   k.add_argument("--meta", default=None, help="JSON file whose fields are added to pipeline.json (recipe, results)")
   k.add_argument("--sampling", default=None,
                  help='JSON of sampling defaults to set, e.g. \'{"decoder": {"steps": "50", "guidance_scale": 3}}\'')
+  k.add_argument("--reuse-unchanged", dest="reuse", default=None, metavar="OLD",
+                 help="an earlier packed folder: stages whose weights are identical keep its files (a re-ship of "
+                      "unchanged weights then changes no weight file in git)")
   args = parser.parse_args(list(argv))
   if args.command == "init-random":
     out = make_random_pipeline(args.out, args.preset, args.seed)
@@ -61,7 +64,7 @@ def main(argv: Sequence[str]) -> int:
     if sampling is not None and not (isinstance(sampling, dict) and all(isinstance(v, dict) for v in sampling.values())):
       raise UserError("--sampling must be a JSON object {stage: {field: value}}")
     out = pack(args.src, args.out, storage_dtype=None if args.dtype == "float32" else args.dtype, ema=args.ema,
-               meta=meta, sampling=sampling)
+               meta=meta, sampling=sampling, reuse=args.reuse)
   print(f"pipeline: {out}")
   return 0
 

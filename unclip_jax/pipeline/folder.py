@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from unclip_jax.checkpoint import load_stage_params, read_stage, save_stage
+from unclip_jax.checkpoint import load_stage_params, read_stage, reuse_identical_params, save_stage
 from unclip_jax.diffusion.config import diffusion_config
 from unclip_jax.errors import UserError
 from unclip_jax.io import write_text_atomic
@@ -171,16 +171,20 @@ def default_pipeline() -> Path:
 
 
 def pack(src: str | os.PathLike, out: str | os.PathLike, *, storage_dtype: str = "float16", ema: bool = True,
-         meta: dict | None = None, sampling: dict | None = None, log: Callable[[str], None] = print) -> Path:
+         meta: dict | None = None, sampling: dict | None = None, reuse: str | os.PathLike | None = None,
+         log: Callable[[str], None] = print) -> Path:
   """Copies pipeline `src` into a self-contained folder `out` for shipping: each stage holds only the
   weights sampling uses (the EMA where there is one) stored as `storage_dtype`, pipeline.json keeps the
   source's sampling settings with `sampling` ({stage: {field: value}}) applied, plus `meta` (recipe,
-  commit, evaluation), which each stage.json also records as "provenance". Written whole or not at all."""
+  commit, evaluation), which each stage.json also records as "provenance". Written whole or not at all.
+  `reuse`: an earlier packed folder; a stage whose stored arrays are identical there keeps its files."""
   info = read_pipeline(src)
   unknown = sorted(set(sampling or {}) - set(info["sampling"]))
   if unknown:
     raise UserError(f"sampling settings for stage(s) {', '.join(unknown)}, which {src} does not have")
   settings = apply_overrides(info["sampling"], sampling)
+  if reuse is not None:
+    read_pipeline(reuse)  # a clear error now if it is not a pipeline folder
   out = check_new_folder(out)
 
   def build(staging: Path) -> None:
@@ -191,7 +195,8 @@ def pack(src: str | os.PathLike, out: str | os.PathLike, *, storage_dtype: str =
       keep = {k: v for k, v in stage_meta.items() if k in ("step", "source")}
       save_stage(staging / name, tree, kind=kind, config=stage_meta["config"], storage_dtype=storage_dtype,
                  extra={**keep, "ema": False, "weights": which, **({"provenance": meta} if meta else {})})
-      log(f"  {name}: {which} weights as {storage_dtype}")
+      same = reuse is not None and reuse_identical_params(staging / name, Path(reuse) / name)
+      log(f"  {name}: {which} weights as {storage_dtype}" + (f" (unchanged: the files of {reuse})" if same else ""))
     write_pipeline_json(staging, {n: n for n in info["paths"]}, {s: v.to_dict() for s, v in settings.items()},
                         info["meta"].get("preset", ""), meta)
   return write_folder(out, build)
