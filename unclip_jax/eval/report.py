@@ -49,7 +49,7 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
   st = results.get("stages")
   if st:
     for key, name in (("decoder_from_true_embedding", "decoder from the real image's CLIP embedding (no prior)"),
-                      ("upsampler_from_true_image", "upsampler from the real low-res render (no prior, decoder)")):
+                      ("upsampler_from_true_image", "upsampler from the real low-res render (no prior or decoder)")):
       if key in st["skipped"]:
         out.append(("stages", f"{st['task']} accuracy, {name}: skipped", "", "", st["skipped"][key]))
       else:
