@@ -142,7 +142,7 @@ def save_stage(directory: str | os.PathLike, params: Any, *, kind: str, config: 
     ckptr.wait_until_finished()
     meta = {"kind": kind, "format": FORMAT_VERSION, "config": dict(config), **dict(extra or {}),
             CHECKSUMS: tree_checksums(host_params), FILES: file_digests(staging / PARAMS_DIR)}
-    (staging / STAGE_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
+    _write_meta(staging, meta)
     if target.exists():  # overwrite: swap the old folder out only once the new one is complete
       old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
       os.replace(target, old)
@@ -175,8 +175,13 @@ def reuse_identical_params(new: str | os.PathLike, old: str | os.PathLike) -> bo
   shutil.rmtree(new / PARAMS_DIR)
   os.replace(staging, new / PARAMS_DIR)
   new_meta[FILES] = old_meta[FILES]
-  (new / STAGE_FILE).write_text(json.dumps(new_meta, indent=2, sort_keys=True, default=_json_default))
+  _write_meta(new, new_meta)
   return True
+
+
+def _write_meta(folder: Path, meta: Mapping[str, Any]) -> None:
+  """stage.json of a folder still being built (its parent folder's rename makes it visible)."""
+  (folder / STAGE_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
 
 
 def _json_default(obj):

@@ -29,7 +29,7 @@ class PerfectStages:
   def settings(self, overrides=None):
     return {}
 
-  def encode_images(self, images):  # the "embedding" is the image itself
+  def encode_images(self, images, batch=None):  # the "embedding" is the image itself
     return np.asarray(images, np.float32).reshape(len(images), -1)
 
   def decode_embeddings(self, embeds, seeds, settings, *, prompts, batch):

@@ -31,6 +31,11 @@ def grade(images: np.ndarray, captions: list[str]) -> list[dict]:
   return detector.check_images(resize(images, prompts.IMAGE_SIZE), captions)
 
 
+def grid(images: np.ndarray, checks: list[dict], captions: list[str]) -> tuple:
+  """(images, passed, captions) of the first 32, what `report.write` draws as a framed grid."""
+  return images[:32], [c["pass"] for c in checks[:32]], captions[:32]
+
+
 def summarize(checks: list[dict], task: str) -> dict:
   out = {"accuracy": proportion(c["pass"] for c in checks),
          "clean": proportion(c["clean"] for c in checks),
@@ -60,7 +65,7 @@ def run(ctx) -> dict:
     if task == "position":
       cell["real_ceiling_dataset_rule"] = ceiling["dataset_rule"]
     results.setdefault(task, {})[split] = cell
-    grids[f"{task}_{split}"] = (images[:32], [c["pass"] for c in checks[:32]], captions[:32])
+    grids[f"{task}_{split}"] = grid(images, checks, captions)
   overall = {}
   for split in prompts.SPLITS:
     rates = [results[t][split]["accuracy"]["rate"] for t in prompts.TASKS]

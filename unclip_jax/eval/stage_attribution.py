@@ -25,10 +25,6 @@ from unclip_jax.eval.images import resize
 TASK = "single"
 
 
-def _grid(images: np.ndarray, checks: list[dict], captions: list[str]):
-  return images[:32], [c["pass"] for c in checks[:32]], captions[:32]
-
-
 def _renders(captions: list[str], real: np.ndarray, split: str, o, size: int) -> np.ndarray:
   """The same scenes rendered natively at `size` px (one object: the layout draws repeat at any size), as
   the training data is; below the scene generator's 24 px, the 64 px renders resized (as tiny data is)."""
@@ -60,21 +56,18 @@ def run(ctx) -> dict:
     cell = {"real_ceiling": compositional.summarize(compositional.grade(real, captions), TASK)["accuracy"]}
     if has_image_tower:
       at_clip_size = _renders(captions, real, split, o, pipe.clip_config.image_size)
-      parts, n = ctx.chunked(pipe.encode_images, at_clip_size)
-      embeds = np.concatenate(parts)[:n]
-      images = np.concatenate([pipe.decode_embeddings(embeds[lo:lo + o.batch], seeds[lo:lo + o.batch], settings,
-                                                      prompts=captions[lo:lo + o.batch], batch=o.batch)["images"]
-                               for lo in range(0, n, o.batch)])
+      embeds = pipe.encode_images(at_clip_size, batch=o.batch)
+      images = pipe.decode_embeddings(embeds, seeds, settings, prompts=captions, batch=o.batch)["images"]
       checks = compositional.grade(images, captions)
       cell["decoder_from_true_embedding"] = compositional.summarize(checks, TASK)["accuracy"]
-      grids[f"decoder_from_true_embedding_{split}"] = _grid(images, checks, captions)
+      grids[f"decoder_from_true_embedding_{split}"] = compositional.grid(images, checks, captions)
     if pipe.srs:
       small = _renders(captions, real, split, o, pipe.image_size).astype(np.float32) / 127.5 - 1.0
       parts, n = ctx.chunked(lambda x, k: pipe.upsample(x, k, settings), small, image_keys(seeds))
       images = to_uint8(np.concatenate(parts)[:n])
       checks = compositional.grade(images, captions)
       cell["upsampler_from_true_image"] = compositional.summarize(checks, TASK)["accuracy"]
-      grids[f"upsampler_from_true_image_{split}"] = _grid(images, checks, captions)
+      grids[f"upsampler_from_true_image_{split}"] = compositional.grid(images, checks, captions)
     out["splits"][split] = cell
   out["_grids"] = grids
   return out
