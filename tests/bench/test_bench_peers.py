@@ -1,4 +1,4 @@
-"""`python -m unclip_jax.bench peers`, `mfu` and `scaling` at tiny size (wiring only; nothing is timed or
+"""`python -m unclip_jax.bench peers`, `mfu`, `scaling` and `train` at tiny size (wiring only; nothing is timed or
 compared to a target here)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 
 from tests.peers import require
 from unclip_jax.bench import mfu, peers, scaling
+from unclip_jax.bench import train as bench_train
 from unclip_jax.errors import UserError
 
 
@@ -91,3 +92,16 @@ def test_scaling_runs_each_device_count_in_its_own_process(tmp_path):
   env = scaling._worker_env(4)  # noqa: SLF001 - the child's flags: the parent's, device count replaced
   assert env["XLA_FLAGS"].count("--xla_force_host_platform_device_count") == 1
   assert env["XLA_FLAGS"].endswith("--xla_force_host_platform_device_count=4")
+
+
+def test_train_reports_memory_and_the_median_step(tmp_path, capsys):
+  out = tmp_path / "train.json"
+  assert bench_train.main(["--config", "configs/prior.py:tiny", "--steps", "5", "--json", str(out)]) == 0
+  r = json.loads(out.read_text())
+  assert r["stage"] == "prior" and r["devices"] == 8 and r["per_device_batch"] == 1 and r["parameters"] > 0
+  assert r["peak_estimate_bytes"] > 0 and r["timed_steps"] == 5
+  assert 0 < r["step_s_p10"] <= r["step_s_median"] <= r["step_s_p90"]
+  assert r["steps_per_s"] == pytest.approx(1 / r["step_s_median"], rel=1e-3)
+  assert "median of 5 steps" in capsys.readouterr().out
+  with pytest.raises(UserError, match="--steps non-negative"):
+    bench_train.main(["--config", "configs/prior.py:tiny", "--steps", "-1"])

@@ -4,7 +4,10 @@ Two measurements, no dataset needed (shapes come from the config):
   * memory: the pmapped train step is lowered and compiled for the local devices from abstract shapes
     (nothing is allocated) and XLA's `memory_analysis()` gives the per-device bytes of arguments,
     outputs and temporaries, with the optimizer replicated or sharded (`--shard_optimizer`);
-  * speed (`--steps N`): random parameters and batches, N timed steps after one warm-up, steps/s.
+  * speed (`--steps N`): random parameters and batches, N steps after two warm-ups, each timed on its own
+    (read back before the next starts, as the trainer runs on CPU): steps/s from the median step, and the
+    10th-90th percentile spread. Medians because a shared machine drifts: on this project's 2-core VM the
+    same command gave 1.56 and then 1.31-1.34 steps/s (mean of 30 steps) twenty minutes apart.
 """
 
 from __future__ import annotations
@@ -90,14 +93,19 @@ def main(argv) -> int:
           f"outputs {result.get('output_size_in_bytes', 0) / GIB:.2f} GiB, temporaries "
           f"{result.get('temp_size_in_bytes', 0) / GIB:.2f} GiB, peak estimate {peak / GIB:.2f} GiB", flush=True)
   if args.steps:
-    result["steps_per_s"] = _time_steps(stage, tx, config, layout, p_step, devices, args)
-    print(f"{result['steps_per_s']:.3f} steps/s ({args.per_device_batch * n_dev} examples per step)", flush=True)
+    times = np.asarray(_time_steps(stage, tx, config, layout, p_step, devices, args))
+    median, p10, p90 = (float(np.percentile(times, q)) for q in (50, 10, 90))
+    result.update(steps_per_s=round(1.0 / median, 4), step_s_median=round(median, 5), step_s_p10=round(p10, 5),
+                  step_s_p90=round(p90, 5), timed_steps=int(times.size))
+    print(f"{result['steps_per_s']:.3f} steps/s ({args.per_device_batch * n_dev} examples per step; median of "
+          f"{times.size} steps, {1 / p90:.3f}-{1 / p10:.3f} steps/s over the 10th-90th percentile)", flush=True)
   if args.json:
     write_text_atomic(args.json, json.dumps(result, indent=2))
   return 0
 
 
-def _time_steps(stage, tx, config, layout, p_step, devices, args) -> float:
+def _time_steps(stage, tx, config, layout, p_step, devices, args) -> list[float]:
+  """Seconds of each of `args.steps` train steps (after two untimed ones), each read back before the next."""
   from unclip_jax.train import zero
   from unclip_jax.train.state import TrainState
 
@@ -114,8 +122,10 @@ def _time_steps(stage, tx, config, layout, p_step, devices, args) -> float:
   jax.block_until_ready(metrics)
   state, metrics = p_step(state, batch)
   jax.block_until_ready(metrics)
-  start = time.perf_counter()
+  times = []
   for _ in range(args.steps):
+    start = time.perf_counter()
     state, metrics = p_step(state, batch)
-    jax.block_until_ready(metrics)  # one step in flight at a time, as the trainer runs
-  return args.steps / (time.perf_counter() - start)
+    jax.block_until_ready(metrics)  # one step in flight at a time, as the trainer runs on CPU
+    times.append(time.perf_counter() - start)
+  return times
