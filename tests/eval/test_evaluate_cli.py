@@ -92,6 +92,7 @@ def test_every_suite_end_to_end(pipe, tmp_path, capsys, monkeypatch):
 
   zs = results["zeroshot"]
   assert {"colour", "shape", "colour_shape"} <= set(zs["shapes"]["heldout"])
+  assert all(0 <= zs["linear_probe"][a][split]["rate"] <= 1 for a in ("colour", "shape") for split in ("seen", "heldout"))
   for extra in ("fashion_mnist", "emoji_heldout_style"):
     assert extra in zs or extra in zs.get("skipped", {})
 

@@ -7,7 +7,8 @@ import types
 
 import numpy as np
 
-from unclip_jax.eval import prompts, zeroshot_probe
+from unclip_jax.data import shapes
+from unclip_jax.eval import detector, prompts, zeroshot_probe
 
 
 class _Scorer:
@@ -21,6 +22,43 @@ class _Scorer:
     self.sizes.append(images.shape[1:3])
     return np.zeros(len(images), int)
 
+  def encode_images(self, images):
+    return np.zeros((len(images), 4))
+
+
+class _SceneEncoder:
+  """A stand-in CLIP image tower that sees each single-object scene's (colour, shape) through the detector:
+  `factorized` codes them as one-hot colour ⊕ one-hot shape, otherwise as one one-hot per (colour, shape)
+  pair (an embedding in which an unseen pair shares nothing with the seen ones)."""
+
+  PAIRS = [(c, s) for c in shapes.COLORS for s in shapes.SHAPES]
+
+  def __init__(self, factorized: bool):
+    self.config = types.SimpleNamespace(image_size=prompts.IMAGE_SIZE)
+    self.factorized = factorized
+
+  def encode_images(self, images):
+    rows = []
+    for image in images:
+      (obj,) = detector.detect(image).objects
+      if self.factorized:
+        rows.append(np.r_[np.eye(len(shapes.COLORS))[list(shapes.COLORS).index(obj.color)],
+                          np.eye(len(shapes.SHAPES))[shapes.SHAPES.index(obj.shape)]])
+      else:
+        rows.append(np.eye(len(self.PAIRS))[self.PAIRS.index((obj.color, obj.shape))])
+    return np.stack(rows)
+
+
+def test_linear_probes_read_unseen_pairs_only_from_a_factorized_embedding():
+  good = zeroshot_probe.linear_probe_transfer(_SceneEncoder(factorized=True), 30, 0)
+  assert good["fit_pairs"] == 18 and good["fit_scenes"] == 18 * zeroshot_probe.PROBE_FIT_PER_OBJECT
+  for attribute in ("colour", "shape"):
+    assert good[attribute]["seen"]["rate"] == good[attribute]["heldout"]["rate"] == 1.0
+    assert good[attribute]["heldout"]["n"] == 30
+  bad = zeroshot_probe.linear_probe_transfer(_SceneEncoder(factorized=False), 30, 0)
+  for attribute in ("colour", "shape"):  # seen pairs are read; an unseen pair's own dimension was never fit
+    assert bad[attribute]["seen"]["rate"] == 1.0 and bad[attribute]["heldout"]["rate"] <= 0.5
+
 
 def test_probes_render_at_the_clip_size_and_report_the_resized_renders_apart():
   scorer = _Scorer(32)
@@ -30,6 +68,7 @@ def test_probes_render_at_the_clip_size_and_report_the_resized_renders_apart():
   assert out["image_size"] == 32 and set(scorer.sizes) == {(32, 32), (prompts.IMAGE_SIZE, prompts.IMAGE_SIZE)}
   for key in ("shapes", "shapes_resized_from_64px"):
     assert out[key]["heldout"]["shape"]["n"] == 4
+  assert out["linear_probe"]["shape"]["heldout"]["n"] == 4
   native = prompts.task_set("single", "heldout", 4, 77, 32)
   big = prompts.task_set("single", "heldout", 4, 77)
   assert native[0] == big[0] and native[1].shape[1:3] == (32, 32) and big[1].shape[1:3] == (64, 64)

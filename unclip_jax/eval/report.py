@@ -87,6 +87,11 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
       size = f" ({z['image_size']} px renders)" if "image_size" in z else ""
       out.append(("zeroshot", f"shapes {probe.replace('_', '+')}{size}", _p(z["shapes"]["seen"][probe]),
                   _p(z["shapes"]["heldout"][probe]), f"chance {z['shapes']['seen'][probe]['chance']:.2f}"))
+    for probe in ("colour", "shape"):
+      if probe in z.get("linear_probe", {}):
+        r = z["linear_probe"][probe]
+        out.append(("zeroshot", f"{probe} read by a linear probe fit on seen pairs", _p(r["seen"]), _p(r["heldout"]),
+                    "image embedding; what a decoder's rules from seen pairs can read"))
     if "shapes_resized_from_64px" in z:
       for probe in ("colour", "shape"):
         r = z["shapes_resized_from_64px"]

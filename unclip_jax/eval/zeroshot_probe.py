@@ -6,6 +6,11 @@ on; probing colour, shape and colour+shape on single-object scenes (seen and hel
 shows what the embedding space separates. Where installed, Fashion-MNIST's test split (10 classes, its
 caption templates) and the emoji data's held-out (style, concept) pairs (which of 4 styles, from
 "a noto emoji of cat face"-style captions) are probed too; otherwise they are skipped with a note.
+
+Zero-shot compares an image with the text embeddings of its own candidate captions, held-out ones
+included, so it can be perfect on held-out pairs while a network conditioned on the image embedding (the
+decoder) still cannot read them: that network learnt its rules from seen pairs only. `linear_probe_transfer`
+measures that directly: colour and shape read from the image embedding by linear probes fit on seen pairs.
 """
 
 from __future__ import annotations
@@ -38,6 +43,45 @@ def shapes_probes(scorer, n: int, seed: int, image_size: int | None = None) -> d
     for name, (labels, templates, truth) in probes.items():
       pred = scorer.zero_shot(images, labels, templates)
       out[split][name] = {**proportion(pred == np.array([truth(o) for o in truth_objects])), "chance": 1 / len(labels)}
+  return out
+
+
+PROBE_FIT_PER_OBJECT = 20  # seen renders per seen (colour, shape) pair that the linear probes are fit on
+PROBE_RIDGE = 1e-3
+
+
+def _objects(specs) -> list[tuple[str, str]]:
+  return [(s["objects"][0]["color"], s["objects"][0]["shape"]) for s in specs]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  return np.c_[x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12), np.ones(len(x))]
+
+
+def linear_probe_transfer(scorer, n: int, seed: int, image_size: int | None = None) -> dict:
+  """Colour and shape of single-object scenes read from the CLIP image embedding by ridge-regression
+  probes (unit-norm embedding + bias → one-hot class) fit on seen pairs only, then scored on `n` new seen
+  and `n` held-out scenes. High on seen and low on held-out: the embedding codes an unseen pair's colour
+  or shape in a way the rules learnt from seen pairs do not read (entangled with the other attribute)."""
+  image_size = image_size or int(scorer.config.image_size)
+  per_pair = len(shapes.COLORS) * len(shapes.SHAPES) - len(shapes.HELDOUT_OBJECTS)
+  fit_scenes = shapes.ShapesScenes(image_size, "train", prompts.PROMPT_SEED + seed * 31 + 5, ("single",))
+  fit_images, _, fit_specs = fit_scenes.batch(0, PROBE_FIT_PER_OBJECT * per_pair)
+  fit_x, fit_objects = _unit(scorer.encode_images(fit_images)), _objects(fit_specs)
+  tests = {}
+  for split in prompts.SPLITS:
+    _, images, specs = prompts.task_set("single", split, n, seed + 77, image_size)
+    tests[split] = (_unit(scorer.encode_images(images)), _objects(specs))
+  out = {"fit_scenes": len(fit_objects), "fit_pairs": per_pair}
+  for attribute, index, classes in (("colour", 0, list(shapes.COLORS)), ("shape", 1, list(shapes.SHAPES))):
+    targets = np.eye(len(classes))[[classes.index(o[index]) for o in fit_objects]]
+    gram = fit_x.T @ fit_x + PROBE_RIDGE * len(fit_x) * np.eye(fit_x.shape[1])
+    weights = np.linalg.solve(gram, fit_x.T @ targets)
+    out[attribute] = {}
+    for split, (x, objects) in tests.items():
+      truth = np.array([classes.index(o[index]) for o in objects])
+      out[attribute][split] = {**proportion((x @ weights).argmax(-1) == truth), "chance": 1 / len(classes)}
   return out
 
 
@@ -81,7 +125,7 @@ def run(ctx) -> dict:
   o = ctx.options
   scorer = ctx.generator_clip
   out = {"clip": "the generator's CLIP (pipeline stage 'clip')", "shapes": shapes_probes(scorer, o.num, o.seed),
-         "image_size": int(scorer.config.image_size)}
+         "image_size": int(scorer.config.image_size), "linear_probe": linear_probe_transfer(scorer, o.num, o.seed)}
   if out["image_size"] != prompts.IMAGE_SIZE:
     out["shapes_resized_from_64px"] = shapes_probes(scorer, o.num, o.seed, prompts.IMAGE_SIZE)
   if not o.zeroshot_extra:
