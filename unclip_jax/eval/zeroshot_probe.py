@@ -23,6 +23,11 @@ from unclip_jax.eval import prompts
 from unclip_jax.eval.stats import proportion
 
 
+def _objects(specs) -> list[tuple[str, str]]:
+  """The (colour, shape) of each single-object scene spec."""
+  return [(s["objects"][0]["color"], s["objects"][0]["shape"]) for s in specs]
+
+
 def shapes_probes(scorer, n: int, seed: int, image_size: int | None = None) -> dict:
   """Colour, shape and colour+shape of single-object scenes, rendered at `image_size` (default: the CLIP's
   own input size, as it saw scenes in training; 64 px renders resized to a 32 px CLIP are a resolution
@@ -38,7 +43,7 @@ def shapes_probes(scorer, n: int, seed: int, image_size: int | None = None) -> d
   out = {}
   for split in prompts.SPLITS:
     _, images, specs = prompts.task_set("single", split, n, seed + 77, image_size)
-    truth_objects = [(s["objects"][0]["color"], s["objects"][0]["shape"]) for s in specs]
+    truth_objects = _objects(specs)
     out[split] = {}
     for name, (labels, templates, truth) in probes.items():
       pred = scorer.zero_shot(images, labels, templates)
@@ -48,10 +53,6 @@ def shapes_probes(scorer, n: int, seed: int, image_size: int | None = None) -> d
 
 PROBE_FIT_PER_OBJECT = 20  # seen renders per seen (colour, shape) pair that the linear probes are fit on
 PROBE_RIDGE = 1e-3
-
-
-def _objects(specs) -> list[tuple[str, str]]:
-  return [(s["objects"][0]["color"], s["objects"][0]["shape"]) for s in specs]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -65,15 +66,15 @@ def linear_probe_transfer(scorer, n: int, seed: int, image_size: int | None = No
   and `n` held-out scenes. High on seen and low on held-out: the embedding codes an unseen pair's colour
   or shape in a way the rules learnt from seen pairs do not read (entangled with the other attribute)."""
   image_size = image_size or int(scorer.config.image_size)
-  per_pair = len(shapes.COLORS) * len(shapes.SHAPES) - len(shapes.HELDOUT_OBJECTS)
+  seen_pairs = len(shapes.COLORS) * len(shapes.SHAPES) - len(shapes.HELDOUT_OBJECTS)
   fit_scenes = shapes.ShapesScenes(image_size, "train", prompts.PROMPT_SEED + seed * 31 + 5, ("single",))
-  fit_images, _, fit_specs = fit_scenes.batch(0, PROBE_FIT_PER_OBJECT * per_pair)
+  fit_images, _, fit_specs = fit_scenes.batch(0, PROBE_FIT_PER_OBJECT * seen_pairs)
   fit_x, fit_objects = _unit(scorer.encode_images(fit_images)), _objects(fit_specs)
   tests = {}
   for split in prompts.SPLITS:
     _, images, specs = prompts.task_set("single", split, n, seed + 77, image_size)
     tests[split] = (_unit(scorer.encode_images(images)), _objects(specs))
-  out = {"fit_scenes": len(fit_objects), "fit_pairs": per_pair}
+  out = {"fit_scenes": len(fit_objects), "fit_pairs": seen_pairs}
   for attribute, index, classes in (("colour", 0, list(shapes.COLORS)), ("shape", 1, list(shapes.SHAPES))):
     targets = np.eye(len(classes))[[classes.index(o[index]) for o in fit_objects]]
     gram = fit_x.T @ fit_x + PROBE_RIDGE * len(fit_x) * np.eye(fit_x.shape[1])
