@@ -5,6 +5,11 @@
 #   -> pipeline folder -> sample grid -> evaluate --suite all (README table) -> training curves
 #   -> unclip_jax/assets/demo (EMA weights as float16, with the recipe, commit and evaluation numbers)
 # Usage: bash launch/train_demo.sh [OUT_DIR]     (from the repository root, venv active)
+# More training where the hardware allows (a GPU): DEMO_<STAGE>_ARGS adds config overrides to that stage's
+# `train` command (STAGE: CLIP, PRIOR, DECODER, SR), e.g.
+#   DEMO_DECODER_ARGS="--config.train.steps=36000" bash launch/train_demo.sh runs/demo_long
+# They are recorded in every shipped stage.json (provenance.overrides). A rerun resumes under `train`'s own rules: a
+# larger train.steps extends a finished stage, a changed model or data field needs a new OUT_DIR.
 # Rerunning resumes: data and embeddings are reused, each stage continues from its latest checkpoint
 # (a finished stage just re-exports), finished evaluation and packing are kept.
 # Per stage: OUT/STAGE/metrics.jsonl, OUT/decoder/samples/*.png (training grids: data above, guided samples
@@ -30,10 +35,12 @@ run() {
   stamp "done $name in $((SECONDS - start)) s"
   echo "$name $((SECONDS - start))" >> logs/times.txt
 }
-train() {  # train NAME CONFIG ARGS...: one stage, resuming from WORKDIR=NAME
-  local name=$1 config=$2
-  shift 2
-  run "$name" python -m unclip_jax.train --config "$CONFIGS/$config" --workdir "$name" --data_dir data --no_progress "$@"
+train() {  # train NAME CONFIG: one stage, resuming from WORKDIR=NAME, with the overrides in DEMO_<NAME>_ARGS
+  local name=$1 config=$2 var extra=()
+  var="DEMO_$(printf %s "$name" | tr "[:lower:]" "[:upper:]")_ARGS"  # bash 3 (macOS) has no ${1^^}
+  read -ra extra <<< "${!var-}"
+  run "$name" python -m unclip_jax.train --config "$CONFIGS/$config" --workdir "$name" --data_dir data --no_progress \
+    ${extra[@]+"${extra[@]}"}
   # A stage stopped by SIGTERM or Ctrl-C saves and exits 0 without an export: stop here; rerunning resumes it.
   [ -f "$name/export/stage.json" ] || { stamp "$name stopped before its last step; rerun this script to resume"; exit 1; }
 }
@@ -71,7 +78,7 @@ run curves python -m unclip_jax.train.curves clip prior decoder sr --out curves.
 
 # Ship it: the evaluated weights, with the recipe, the commit and the evaluation numbers in every stage.json.
 python - "$REPO" <<'PY'
-import json, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 repo = Path(sys.argv[1])
 times = {}
@@ -81,8 +88,10 @@ for line in Path("logs/times.txt").read_text().split("\n"):
     times[name] = times.get(name, 0) + int(seconds)
 commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 results = json.loads(Path("eval/results.json").read_text())
-meta = {"recipe": "launch/train_demo.sh (configs/*.py:demo)", "commit": commit, "wall_seconds": times,
-        "evaluation": {k: v for k, v in results.items() if k != "meta"}}
+overrides = {stage: os.environ[f"DEMO_{stage.upper()}_ARGS"].split() for stage in ("clip", "prior", "decoder", "sr")
+             if os.environ.get(f"DEMO_{stage.upper()}_ARGS", "").strip()}
+meta = {"recipe": "launch/train_demo.sh (configs/*.py:demo)", "commit": commit, "overrides": overrides,
+        "wall_seconds": times, "evaluation": {k: v for k, v in results.items() if k != "meta"}}
 Path("provenance.json").write_text(json.dumps(meta, indent=2, default=str))
 PY
 # Packed beside the run first, then swapped in; a stage whose weights equal the installed demo's keeps its

@@ -74,3 +74,35 @@ def test_kubernetes_dry_run_renders_an_indexed_job_and_a_headless_service():
   assert "-m unclip_jax.train --no_progress --config configs/decoder.py:karlo" in command
   assert "my\\ decoder" in command and "${" not in out
   assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
+
+
+def test_train_demo_passes_each_stages_overrides_to_its_train_command_only(tmp_path):
+  """DEMO_<STAGE>_ARGS reaches that stage's `train` command, split into words, and no other command.
+
+  A stand-in `python` records every call: `train` succeeds (writing the export the script checks) until the
+  decoder, which fails, so the script stops there with its one FAILED line and a non-zero exit.
+  """
+  calls = tmp_path / "calls"
+  fake = tmp_path / "bin" / "python"
+  fake.parent.mkdir()
+  fake.write_text(f"""#!/usr/bin/env bash
+printf '%s\\n' "$@" '--END--' >> {calls}
+if [ "$2" = unclip_jax.train ]; then
+  workdir=$(printf '%s\\n' "$@" | sed -n '/^--workdir$/{{n;p}}')
+  [ "$workdir" = decoder ] && exit 3
+  mkdir -p "$workdir/export" && echo '{{}}' > "$workdir/export/stage.json"
+fi
+""")
+  fake.chmod(0o755)
+  env = {"PATH": f"{fake.parent}:{os.environ['PATH']}",
+         "DEMO_DECODER_ARGS": "--config.train.steps=36000  --config.train.batch_size=64", "DEMO_CLIP_ARGS": ""}
+  out = subprocess.run(["bash", str(LAUNCH / "train_demo.sh"), str(tmp_path / "run")], env={**os.environ, **env},
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode != 0 and "FAILED decoder (exit 3)" in out.stdout, out.stdout + out.stderr
+  commands = [c.strip("\n").split("\n") for c in calls.read_text().split("--END--\n") if c.strip()]
+  trains = {c[c.index("--workdir") + 1]: c for c in commands if c[:2] == ["-m", "unclip_jax.train"]}
+  assert list(trains) == ["clip", "prior", "decoder"]
+  assert trains["decoder"][-2:] == ["--config.train.steps=36000", "--config.train.batch_size=64"]
+  for stage in ("clip", "prior"):  # an empty or unset variable adds nothing, not even an empty argument
+    assert trains[stage][-1] == "--no_progress", trains[stage]
+  assert not any("--config.train.steps=36000" in c for c in commands if c[:2] != ["-m", "unclip_jax.train"])
