@@ -82,3 +82,19 @@ def test_kinds_and_batch():
     shapes.ShapesScenes(32, split="test")
   with pytest.raises(ValueError):
     shapes.ShapesScenes(32, kinds=("poem",))
+
+
+def test_redraw_keeps_the_caption_and_moves_the_objects():
+  for split in shapes.SPLITS:
+    scenes = shapes.ShapesScenes(64, split, seed=4, kinds=shapes.ALL_KINDS)
+    rng = np.random.default_rng(0)
+    moved = 0
+    for i in range(40):
+      image, caption, spec = scenes[i]
+      image2, caption2, spec2 = scenes.redraw(spec, rng)
+      assert caption2 == caption and shapes.caption_for(spec2) == caption and spec2["kind"] == spec["kind"]
+      assert [(o["color"], o["shape"]) for o in spec2["objects"]] == [(o["color"], o["shape"]) for o in spec["objects"]]
+      assert spec2["split"] == split and shapes.is_heldout(spec2) == (split == "heldout")
+      moved += [o["bbox"] for o in spec2["objects"]] != [o["bbox"] for o in spec["objects"]]
+      assert image2.shape == image.shape
+    assert moved == 40, split

@@ -147,6 +147,22 @@ class ShapesScenes:
     if kind == NEGATION:  # a shape that is absent: one of the two the named object is not
       others = [sh for sh in SHAPES if sh != objs[0][1]]
       negated = others[rng.integers(len(others))]
+    return self._lay_out(rng, kind, objs, relation, negated)
+
+  def redraw(self, spec: dict[str, Any], rng: np.random.Generator):
+    """(image, caption, spec): another scene with `spec`'s caption, i.e. the same objects, relation and negated
+    shape at new sizes and places. Why: a second real image of a caption shows how far apart two correct
+    images can be (the ceiling of any embedding-matching score)."""
+    objs = [(o["color"], o["shape"]) for o in spec["objects"]]
+    relation = spec["relation"]["relation"] if spec.get("relation") else None
+    for _ in range(100):
+      example = self._lay_out(rng, spec["kind"], objs, relation, spec.get("negated"))
+      if example is not None:
+        return example
+    raise RuntimeError(f"could not lay out {caption_for(spec)!r} again at {self.image_size}px")  # pragma: no cover
+
+  def _lay_out(self, rng, kind, objs, relation, negated):
+    """Sizes and places the objects (None when a draw does not fit), draws them, and writes the spec."""
     s = self.image_size
     lo, hi = max(5, round(s * 12 / 64)), max(7, round(s * 18 / 64))
     gap = max(1, s // 32)

@@ -6,6 +6,14 @@ prior-free model would use), the mean image embedding of real training-distribut
 that ignores the caption), and the prior's sample for an unrelated caption; and top-1 retrieval of the
 real image among 100 by the prior sample (and by the text embedding). All in the generator's CLIP space
 (where the prior lives).
+
+The reference is another real render of the same caption (new sizes and places): a perfect sampling
+prior draws embeddings distributed like it, so its cosine is what the prior should reach, not 1. A fixed
+point such as the text embedding can come closer than any sample (the mean of a distribution is nearer
+its draws than they are to each other), so beating the text baseline is not the test of a prior; the
+per-caption (paired) differences to both, with their standard errors, say how clear a gap is. Two prior
+samples of a caption (other seeds) should be as far apart as two renders are; near 1 they have collapsed
+onto one point per caption, so the decoder never sees the variety of real embeddings.
 """
 
 from __future__ import annotations
@@ -55,16 +63,27 @@ def run(ctx) -> dict:
     captions, real, seeds = cell["captions"], cell["real"], cell["seeds"]
     texts, n = ctx.chunked(text_fn, captions)
     text_embeds = np.concatenate([t.embeds for t in texts])[:n]
-    keys = image_keys(seeds)
-    key_chunks, _ = ctx.chunked(lambda k: k, keys)
-    samples = [pipe.sample_prior(t, k, settings["prior"]) for t, k in zip(texts, key_chunks)]
-    prior = np.concatenate(samples)[:n].astype(np.float64)
+
+    def draw(sample_seeds):
+      key_chunks, _ = ctx.chunked(lambda k: k, image_keys(sample_seeds))
+      samples = [pipe.sample_prior(t, k, settings["prior"]) for t, k in zip(texts, key_chunks)]
+      return np.concatenate(samples)[:n].astype(np.float64)
+
+    prior, second = draw(seeds), draw(prompts.image_seeds(f"prior-second/{split}", n, o.seed))
     parts, _ = ctx.chunked(image_fn, real)
     true = np.concatenate(parts)[:n].astype(np.float64)
+    parts, _ = ctx.chunked(image_fn, prompts.another_render(cell["specs"], o.seed, f"prior/{split}"))
+    again = np.concatenate(parts)[:n].astype(np.float64)
     other = _unrelated(captions)
+    cos_prior, cos_text = retrieval.cosine(prior, true), retrieval.cosine(text_embeds, true)
+    cos_again = retrieval.cosine(again, true)
     out["splits"][split] = {
-        "cos_prior_vs_image": _summary(retrieval.cosine(prior, true)),
-        "baseline_text_embedding": _summary(retrieval.cosine(text_embeds, true)),
+        "cos_prior_vs_image": _summary(cos_prior),
+        "reference_another_render": _summary(cos_again),
+        "cos_prior_vs_prior": _summary(retrieval.cosine(prior, second)),
+        "prior_minus_text_paired": _summary(cos_prior - cos_text),
+        "prior_minus_another_render_paired": _summary(cos_prior - cos_again),
+        "baseline_text_embedding": _summary(cos_text),
         "baseline_mean_image_embedding": _summary(retrieval.cosine(np.broadcast_to(mean_embed, true.shape), true)),
         "baseline_unrelated_caption_prior": _summary(retrieval.cosine(prior[other], true)),
         "retrieval_top1_prior": retrieval.top1_retrieval(prior, true, pool=100),

@@ -51,6 +51,16 @@ def mixed_set(split: str, n: int, seed: int = 0, label: str = "mixed", kinds=sha
   return captions, images, specs
 
 
+def another_render(specs: list[dict], seed: int, label: str, image_size: int = IMAGE_SIZE) -> np.ndarray:
+  """uint8 (n, S, S, 3): for each spec a second real image of its caption, at a new layout."""
+  base = _scene_seed(seed, f"{label}/again")
+  images = []
+  for i, spec in enumerate(specs):
+    scenes = shapes.ShapesScenes(image_size, spec["split"], base)
+    images.append(scenes.redraw(spec, np.random.default_rng([base, i]))[0])
+  return np.stack(images)
+
+
 def balanced_set(n: int, seed: int = 0, label: str = "balanced"):
   """(captions, real images, specs, tasks, splits): n prompts cycling over every task and both splits."""
   cells = [(t, s) for t in TASKS for s in SPLITS]

@@ -29,6 +29,10 @@ def _f(x, digits: int = 3) -> str:
   return "" if x is None else f"{x:.{digits}g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
+def _signed(summary: dict) -> str:
+  return f"{summary['mean']:+.3f} ± {summary['sem']:.3f}"
+
+
 def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
   """(suite, metric, seen, held-out, reference) rows for every suite present in `results`."""
   out = []
@@ -109,10 +113,17 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
   if p:
     s, h = p["splits"]["seen"], p["splits"]["heldout"]
     for key, name in (("cos_prior_vs_image", "cos(prior sample, image embedding)"),
+                      ("reference_another_render", "  reference: another real render of the caption"),
+                      ("cos_prior_vs_prior", "cos(prior sample, another seed's sample): spread, vs the reference"),
                       ("baseline_text_embedding", "  baseline: caption's text embedding"),
                       ("baseline_mean_image_embedding", "  baseline: mean image embedding"),
                       ("baseline_unrelated_caption_prior", "  baseline: unrelated caption's prior sample")):
-      out.append(("prior", name, _f(s[key]["mean"]), _f(h[key]["mean"]), ""))
+      if key in s:  # results written before the reference existed lack it
+        out.append(("prior", name, _f(s[key]["mean"]), _f(h[key]["mean"]), ""))
+    for key, name in (("prior_minus_another_render_paired", "prior sample minus reference, per caption"),
+                      ("prior_minus_text_paired", "prior sample minus text embedding, per caption")):
+      if key in s:
+        out.append(("prior", name, _signed(s[key]), _signed(h[key]), "mean ± standard error"))
     for key, name in (("retrieval_top1_prior", "retrieval top-1 by prior sample"),
                       ("retrieval_top1_text", "  baseline: by text embedding")):
       out.append(("prior", name, _f(s[key]["top1"]), _f(h[key]["top1"]), f"among {s[key]['pool']}, chance "
