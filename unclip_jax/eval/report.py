@@ -119,7 +119,7 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                       ("baseline_mean_image_embedding", "  baseline: mean image embedding"),
                       ("baseline_unrelated_caption_prior", "  baseline: unrelated caption's prior sample")):
       if key in s:  # results written before the reference existed lack it
-        out.append(("prior", name, _f(s[key]["mean"]), _f(h[key]["mean"]), ""))
+        out.append(("prior", name, f"{s[key]['mean']:.3f}", f"{h[key]['mean']:.3f}", ""))
     for key, name in (("prior_minus_another_render_paired", "prior sample minus reference, per caption"),
                       ("prior_minus_text_paired", "prior sample minus text embedding, per caption")):
       if key in s:
