@@ -7,9 +7,10 @@
 # Usage: bash launch/train_demo.sh [OUT_DIR]     (from the repository root, venv active)
 # More training where the hardware allows (a GPU): DEMO_<STAGE>_ARGS adds config overrides to that stage's
 # `train` command (STAGE: CLIP, PRIOR, DECODER, SR), e.g.
-#   DEMO_DECODER_ARGS="--config.train.steps=36000" bash launch/train_demo.sh runs/demo_long
+#   DEMO_DECODER_ARGS="--config.train.steps=72000" bash launch/train_demo.sh runs/demo_long
 # They are recorded in every shipped stage.json (provenance.overrides). A rerun resumes under `train`'s own rules: a
 # larger train.steps extends a finished stage, a changed model or data field needs a new OUT_DIR.
+# DEMO_NOTES="..." is recorded as provenance.notes (say there what was reused or run beside other work).
 # Rerunning resumes: data and embeddings are reused, each stage continues from its latest checkpoint
 # (a finished stage just re-exports), finished evaluation and packing are kept.
 # Per stage: OUT/STAGE/metrics.jsonl, OUT/decoder/samples/*.png (training grids: data above, guided samples
@@ -92,6 +93,8 @@ overrides = {stage: os.environ[f"DEMO_{stage.upper()}_ARGS"].split() for stage i
              if os.environ.get(f"DEMO_{stage.upper()}_ARGS", "").strip()}
 meta = {"recipe": "launch/train_demo.sh (configs/*.py:demo)", "commit": commit, "overrides": overrides,
         "wall_seconds": times, "evaluation": {k: v for k, v in results.items() if k != "meta"}}
+if os.environ.get("DEMO_NOTES", "").strip():  # how this run departed from one uninterrupted run of the script
+  meta["notes"] = os.environ["DEMO_NOTES"].strip()
 Path("provenance.json").write_text(json.dumps(meta, indent=2, default=str))
 PY
 # Packed beside the run first, then swapped in; a stage whose weights equal the installed demo's keeps its
