@@ -152,7 +152,7 @@ class ShapesScenes:
   def redraw(self, spec: dict[str, Any], rng: np.random.Generator):
     """(image, caption, spec): another scene with `spec`'s caption, i.e. the same objects, relation and negated
     shape at new sizes and places. Why: a second real image of a caption shows how far apart two correct
-    images can be (the ceiling of any embedding-matching score)."""
+    images can be (the reference for any embedding-matching score)."""
     objs = [(o["color"], o["shape"]) for o in spec["objects"]]
     relation = spec["relation"]["relation"] if spec.get("relation") else None
     for _ in range(100):
