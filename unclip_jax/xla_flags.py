@@ -14,7 +14,9 @@ The defaults only change the host (CPU) platform; a GPU/TPU run ignores them:
 jax 0.10's XLA:CPU already hands dots, convolutions, elementwise chains and reductions to YNNPACK by
 default (`--xla_cpu_experimental_ynn_fusion_type`), so no fusion flag is set: setting it to
 `dot,eltwise,reduce` made the demo's CLIP, prior and decoder train steps 1.9x, 1.7x and 1.2x slower
-(`bench train`, README "Benchmarks"). Set `XLA_FLAGS` yourself
+(`bench train`, README "Benchmarks"). Four more XLA CPU flags (512-bit vectors, single-threaded Eigen, the
+concurrency-optimised scheduler, the XNNPACK runtime) did not beat the defaults on the decoder train step either.
+Set `XLA_FLAGS` yourself
 (e.g. `XLA_FLAGS=` for XLA's own defaults: one device) to opt out; `UNCLIP_JAX_CPU_DEVICES=N` changes only
 the device count.
 """
