@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from unclip_jax import applications, xla_flags
+from unclip_jax.data import shapes
 from unclip_jax.errors import ArgumentParser, UserError, run_cli
 from unclip_jax.images import load_image, make_grid
 from unclip_jax.outputs import OutputSet
@@ -240,10 +242,33 @@ def _write_images(writer: OutputSet, args, pipe, settings, mode: str, result: di
   return writer.commit()
 
 
+def demo_prompt_warning(prompt: str) -> str | None:
+  """Why `prompt` lies outside the captions the packaged demo pipeline learned (the `shapes` grammar), or
+  None. The demo still draws such a prompt, but only ever as some scene of coloured shapes, so a user who
+  typed "a corgi" or "an orange circle" should hear why the picture ignores part of it."""
+  text = " ".join(prompt.lower().split())  # the tokenizer lower-cases and collapses whitespace too
+  try:
+    shapes.parse_caption(text)
+    return None
+  except ValueError:
+    pass
+  hint = " (its captions say \"a\" before every colour: \"a orange circle\")" if re.search(r"\ban\b", text) else ""
+  return (f"warning: {prompt!r} is outside the captions the demo pipeline learned{hint}; it knows the shapes "
+          f"world only: \"a red circle\", \"two blue squares\", \"a red circle and a blue square\", "
+          f"\"a red circle above a blue square\", \"a red circle and no squares\" (colours: {', '.join(shapes.COLORS)}; "
+          f"shapes: {', '.join(shapes.SHAPES)}; relations: {', '.join(shapes.RELATIONS)}; counts: "
+          f"{', '.join(shapes.NUMBERS.values())}). Pass --checkpoint DIR for a pipeline trained on other captions.")
+
+
 def run_text(args, log) -> list[Path]:
   if args.from_sidecar:
     return run_sidecar(args, log)
   prompts = _read_prompts(args)
+  if args.demo_default:
+    for prompt in dict.fromkeys(prompts):
+      warning = demo_prompt_warning(prompt)
+      if warning:
+        log(warning)
   _check_num(args.num)
   writer, pipe, settings = _start(args, log)
   all_prompts = [p for p in prompts for _ in range(args.num)]
@@ -393,7 +418,8 @@ def main(argv: Sequence[str]) -> int:
   xla_flags.apply_defaults()  # XLA CPU defaults unless XLA_FLAGS is set; before JAX starts (README "Benchmarks")
   if args.out is None:
     args.out = str(next_free_folder())
-  if args.checkpoint is None and not (mode is None and args.from_sidecar):
+  args.demo_default = args.checkpoint is None and not (mode is None and args.from_sidecar)
+  if args.demo_default:
     args.checkpoint = str(default_pipeline())
   log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
   if mode == "variations":

@@ -276,3 +276,34 @@ def test_defaults_the_packaged_pipeline_and_the_next_free_samples_folder(pipe_di
     assert f"samples/{expected}" in out and (tmp_path / "samples" / expected / "0000.png").is_file()
   rec = json.loads((tmp_path / "samples" / "001" / "0000.json").read_text())
   assert rec["checkpoint"] == str(Path(pipe_dir).absolute())
+
+
+@pytest.mark.parametrize("prompt, warned, hint", [
+    ("a red circle above a blue square", False, False),
+    ("  A Red   Circle ", False, False),  # the tokenizer lower-cases and collapses whitespace
+    ("three green triangles", False, False),
+    ("a corgi", True, False),
+    ("an orange circle", True, True),
+    ("a red circle.", True, False),
+])
+def test_demo_prompt_warning_names_prompts_outside_the_shapes_captions(prompt, warned, hint):
+  warning = sample.demo_prompt_warning(prompt)
+  assert (warning is not None) == warned, warning
+  if warned:
+    assert warning.startswith(f"warning: {prompt!r} is outside") and "\n" not in warning
+    assert ("a orange circle" in warning) == hint, warning
+    assert "orange" in warning and "triangle" in warning and "left of" in warning and "--checkpoint" in warning
+
+
+def test_the_default_demo_warns_about_prompts_outside_its_captions_and_still_draws(pipe_dir, tmp_path, capsys,
+                                                                                  monkeypatch):
+  from unclip_jax.pipeline import folder
+
+  monkeypatch.setattr(folder, "DEMO_PIPELINE", Path(pipe_dir))
+  code, _, err = cli(["--prompt", "a corgi", "--prompt", "a red circle", "--out", tmp_path / "a"], capsys)
+  assert code == 0, err
+  assert "warning: 'a corgi' is outside" in err and "'a red circle' is outside" not in err
+  assert (tmp_path / "a" / "0000.png").is_file() and (tmp_path / "a" / "0001.png").is_file()
+  # a pipeline the user names may have learned any captions: no warning
+  code, _, err = cli(["--prompt", "a corgi", "--checkpoint", pipe_dir, "--out", tmp_path / "b"], capsys)
+  assert code == 0 and "outside" not in err, err
