@@ -34,6 +34,7 @@ from unclip_jax import applications, xla_flags
 from unclip_jax.data import shapes
 from unclip_jax.errors import ArgumentParser, UserError, run_cli
 from unclip_jax.images import load_image, make_grid
+from unclip_jax.models.tokenizer import clean_text
 from unclip_jax.outputs import OutputSet
 from unclip_jax.pipeline import (PIPELINE_FILE, Pipeline, StageSampling, check_sampling, check_scale, check_steps,
                                  default_pipeline, image_keys, read_pipeline)
@@ -246,7 +247,7 @@ def demo_prompt_warning(prompt: str) -> str | None:
   """Why `prompt` lies outside the captions the packaged demo pipeline learned (the `shapes` grammar), or
   None. The demo still draws such a prompt, but only ever as some scene of coloured shapes, so a user who
   typed "a corgi" or "an orange circle" should hear why the picture ignores part of it."""
-  text = " ".join(prompt.lower().split())  # the tokenizer lower-cases and collapses whitespace too
+  text = clean_text(prompt)  # what the CLIP tokenizer reads
   try:
     shapes.parse_caption(text)
     return None

@@ -45,7 +45,8 @@ def _vocab_path():
   return resources.files("unclip_jax.models").joinpath("assets/bpe_simple_vocab_16e6.txt.gz")
 
 
-def _clean(text: str) -> str:
+def clean_text(text: str) -> str:
+  """The text the BPE sees: ftfy-fixed, HTML-unescaped twice, whitespace-collapsed, lower-cased."""
   import ftfy  # imported lazily: it is slow to import and only needed when tokenising
 
   text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
@@ -104,7 +105,7 @@ class Tokenizer:
   def encode(self, text: str) -> list[int]:
     """Token ids of `text`, without start/end tokens or padding."""
     ids = []
-    for piece in self._pattern.findall(_clean(text)):
+    for piece in self._pattern.findall(clean_text(text)):
       mapped = piece if piece in (SOT, EOT) else "".join(self._bytes[b] for b in piece.encode("utf-8"))
       ids.extend(self.encoder[t] for t in self._merge(mapped))
     return ids
