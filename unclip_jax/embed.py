@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from unclip_jax import xla_flags
-from unclip_jax.errors import ArgumentParser, UserError, run_cli
+from unclip_jax.errors import ArgumentParser, UserError, check_writable, run_cli
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -41,6 +42,10 @@ def main(argv: Sequence[str]) -> int:
     splits = [s.strip() for s in args.splits.split(",")]
     if not all(splits):
       raise UserError(f"--splits {args.splits!r} has an empty split name; pass e.g. --splits train,heldout")
+  if args.out_data_dir:
+    check_writable(args.out_data_dir, "--out_data_dir")
+  elif Path(args.data_dir).is_dir():  # a missing one gets make_builder's "prepare it first" message
+    check_writable(args.data_dir, "--data_dir")
   xla_flags.apply_defaults()  # XLA CPU defaults unless XLA_FLAGS is set; before JAX starts (README "Benchmarks")
   from unclip_jax.data import embedded  # slow imports (tfds, jax) after the flags are known to be sane
 

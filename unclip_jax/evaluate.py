@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from unclip_jax import xla_flags
-from unclip_jax.errors import ArgumentParser, UserError, run_cli
+from unclip_jax.errors import ArgumentParser, UserError, check_writable, run_cli
 
 SUITE_CHOICES = ("compositional", "stages", "fd", "clip_score", "zeroshot", "prior", "guidance", "all")
 
@@ -132,6 +132,7 @@ def main(argv: Sequence[str]) -> int:
   out = Path(args.out or f"eval-{args.suite}")
   if out.exists() and not out.is_dir():
     raise UserError(f"--out {out} exists and is not a folder")
+  check_writable(out, "--out")
 
   from unclip_jax.eval.context import Context
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from unclip_jax.errors import UserError
+from unclip_jax.errors import UserError, check_writable
 from unclip_jax.images import png_bytes, to_uint8
 from unclip_jax.io import write_bytes_atomic
 
@@ -51,6 +51,7 @@ class OutputSet:
         raise UserError(f"--out {self.out} holds earlier results ({earlier[0]}"
                         + (f" and {len(earlier) - 1} more" if len(earlier) > 1 else "")
                         + "); choose another folder or pass --overwrite to replace them")
+    check_writable(self.out, "--out")
     self.files: dict[str, bytes] = {}
 
   def png(self, name: str, image: np.ndarray) -> None:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from unclip_jax import checkpoint, io
-from unclip_jax.errors import UserError, positive_ints, run_cli
+from unclip_jax.errors import UserError, check_writable, positive_ints, run_cli
 
 
 def test_stage_checkpoint_round_trip_and_shape_errors(tmp_path):
@@ -72,6 +73,44 @@ def test_run_cli_turns_user_errors_into_one_line_and_exit_2(capsys):
   with pytest.raises(SystemExit) as e:
     run_cli(lambda argv: 0, [])
   assert e.value.code == 0
+
+
+def test_run_cli_turns_os_errors_into_one_line_and_exit_1(capsys):
+  def main(argv):
+    raise PermissionError(13, "Permission denied", "/data/out.png")
+
+  with pytest.raises(SystemExit) as e:
+    run_cli(main, [])
+  assert e.value.code == 1
+  assert capsys.readouterr().err == "error: Permission denied: /data/out.png\n"
+
+
+def test_check_writable_refuses_a_file_in_the_way_and_leaves_nothing_behind(tmp_path):
+  target = tmp_path / "new" / "deeper" / "out.json"
+  assert check_writable(target, "--json") == target  # creatable: nothing is created by the check
+  assert sorted(os.listdir(tmp_path)) == []
+  (tmp_path / "taken").write_text("x")
+  assert check_writable(tmp_path / "taken", "--out") == tmp_path / "taken"  # an existing file may be replaced
+  with pytest.raises(UserError, match=r"--out .*taken/sub: .*taken is a file, not a folder"):
+    check_writable(tmp_path / "taken" / "sub", "--out")
+  assert sorted(os.listdir(tmp_path)) == ["taken"]
+
+
+@pytest.mark.parametrize("args", [
+    ["sample", "--prompt", "a red circle", "--out", "{blocked}/run"],
+    ["train", "--config", "configs/clip.py:tiny", "--workdir", "{blocked}/run"],
+    ["bench", "sampler", "--json", "{blocked}/bench.json"],
+    ["pipeline", "init-random", "--out", "{blocked}/pipe"],
+])
+def test_clis_refuse_an_unwritable_output_location_at_once(tmp_path, args):
+  blocked = tmp_path / "a_file"
+  blocked.write_text("in the way")
+  args = [a.format(blocked=blocked) for a in args]
+  proc = subprocess.run([sys.executable, "-m", f"unclip_jax.{args[0]}", *args[1:]], capture_output=True, text=True,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=Path(__file__).resolve().parents[2])
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].endswith("a_file is a file, not a folder; choose another location")
+  assert "Traceback" not in proc.stderr and "loaded" not in proc.stderr  # refused before the pipeline loads
 
 
 @pytest.mark.parametrize("args,message", [

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from unclip_jax.errors import ArgumentParser, UserError
+from unclip_jax.errors import ArgumentParser, UserError, check_writable
 
 SOURCES = ("openai", "open_clip")
 _IGNORED = {"input_resolution", "context_length", "vocab_size", "attn_mask", "visual.attn_mask"}
@@ -254,6 +254,7 @@ def main(argv) -> int:
 
   if Path(args.out).exists():  # fail before the (possibly slow) read of a large weights file
     raise UserError(f"{Path(args.out).absolute()} already exists; choose another --out folder or remove it first")
+  check_writable(args.out, "--out")
   sd = load_state_dict(args.path)
   config = infer_config(sd, source=args.source, model=args.model, activation=args.activation,
                         vision_heads=args.vision_heads, text_heads=args.text_heads)

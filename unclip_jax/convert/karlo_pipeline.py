@@ -30,7 +30,7 @@ from unclip_jax.convert import hf_clip
 from unclip_jax.convert.hf_tokenizer import check_tokenizer
 from unclip_jax.convert.karlo import load_job, read_config, stage_jobs
 from unclip_jax.convert.weights import DIFFUSERS, TRANSFORMERS, WeightFiles
-from unclip_jax.errors import ArgumentParser, UserError
+from unclip_jax.errors import ArgumentParser, UserError, check_writable
 from unclip_jax.pipeline.folder import check_new_folder, write_folder, write_pipeline_json
 from unclip_jax.pipeline.settings import StageSampling, check_sampling
 
@@ -167,6 +167,7 @@ def main(argv) -> int:
                       help="karlo-v1-alpha-image-variations folder: adds its image encoder, so `sample variations` "
                            "works")
   args = parser.parse_args(list(argv))
+  check_writable(args.out, "--out")
   summary = convert(args.karlo_dir, args.out, variations=args.variations)
   total = sum(v["parameters"] for k, v in summary.items() if isinstance(v, dict) and "parameters" in v)
   s = summary["sampling"]

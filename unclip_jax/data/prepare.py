@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from unclip_jax.errors import ArgumentParser, UserError, run_cli
+from unclip_jax.errors import ArgumentParser, UserError, check_writable, run_cli
 
 DATASETS = ("shapes", "emoji", "fashion_mnist", "image_text")
 DEFAULT_SIZE = {"shapes": 64, "emoji": 64, "fashion_mnist": 28, "image_text": 64}
@@ -160,6 +160,7 @@ def main(argv) -> int:
   if args.name not in DATASETS:
     raise UserError(f"unknown dataset {args.name!r}; choose one of: {', '.join(DATASETS)}")
   size = args.image_size or DEFAULT_SIZE[args.name]
+  check_writable(args.data_dir, "--data_dir")
   if args.name == "shapes":
     builder = prepare_shapes(args.data_dir, size, args.train_size, args.heldout_size, args.seed, args.negation)
   elif args.name == "emoji":

@@ -13,7 +13,7 @@ from typing import Sequence
 import json
 from pathlib import Path
 
-from unclip_jax.errors import ArgumentParser, UserError, run_cli
+from unclip_jax.errors import ArgumentParser, UserError, check_writable, run_cli
 from unclip_jax.pipeline.folder import REQUIRED, STAGE_KINDS, assemble, pack
 from unclip_jax.pipeline.random_weights import PRESETS, make_random_pipeline
 
@@ -44,6 +44,7 @@ def main(argv: Sequence[str]) -> int:
                  help="an earlier packed folder: stages whose weights are identical keep its files (a re-ship of "
                       "unchanged weights then changes no weight file in git)")
   args = parser.parse_args(list(argv))
+  check_writable(args.out, "--out")
   if args.command == "init-random":
     out = make_random_pipeline(args.out, args.preset, args.seed)
   elif args.command == "assemble":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from unclip_jax import xla_flags
-from unclip_jax.errors import ArgumentParser, run_cli
+from unclip_jax.errors import ArgumentParser, check_writable, run_cli
 
 
 def main(argv) -> int:
@@ -27,6 +27,7 @@ def main(argv) -> int:
   parser.add_argument("--data_dir", default=None, help="prepared datasets root (sets config.data.data_dir)")
   parser.add_argument("--no_progress", action="store_true", help="no progress bar (logs still go to the workdir)")
   args = parser.parse_args(rest)
+  check_writable(args.workdir, "--workdir")
   xla_flags.apply_defaults()  # XLA CPU defaults unless XLA_FLAGS is set; before JAX starts (README "Benchmarks")
 
   from unclip_jax import distributed

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from unclip_jax.errors import ArgumentParser, UserError, run_cli
+from unclip_jax.errors import ArgumentParser, UserError, check_writable, run_cli
 from unclip_jax.io import write_bytes_atomic
 from unclip_jax.train.metrics import read_metrics
 
@@ -82,6 +82,7 @@ def main(argv: Sequence[str]) -> int:
   for w in args.workdirs:
     if not (Path(w) / "metrics.jsonl").is_file():
       raise UserError(f"{w} has no metrics.jsonl; pass training workdirs")
+  check_writable(args.out, "--out")
   print(f"wrote {plot(args.workdirs, args.out, args.metric)}")
   return 0
 
