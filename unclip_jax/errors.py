@@ -5,9 +5,8 @@ A `UserError` carries a one-line message that names what is wrong and how to fix
 `main` through `run_cli`, which prints `error: <message>` on stderr and exits with status 2 instead
 of showing a traceback. An `OSError` (the system refused a file operation mid-run: disk full, a folder
 removed or made read-only) is one `error:` line with exit status 1; any other exception is a bug and keeps
-its traceback. Every entry point parses
-its flags with `ArgumentParser`, whose usage errors are `UserError`s too, and checks where it will write
-(`check_writable`) before its slow work.
+its traceback. Every entry point parses its flags with `ArgumentParser`, whose usage errors are
+`UserError`s too, and checks where it will write (`check_writable`) before its slow work.
 """
 
 from __future__ import annotations
