@@ -42,24 +42,26 @@ def positive_ints(text: str, flag: str) -> list[int]:
   return values
 
 
-def check_writable(path: str | os.PathLike, flag: str) -> Path:
-  """`path`, a file or folder a command will create or replace, if it can be written; otherwise a UserError
-  naming `flag`. Why: checked before the slow work, a mistyped or read-only location fails at once with one
+def check_writable(path: str | os.PathLike, flag: str, *, folder: bool = False) -> Path:
+  """`path`, a file or (`folder`) a folder a command will create or replace, if it can be written; otherwise a
+  UserError naming `flag`. Why: checked before the slow work, a mistyped or read-only location fails at once with one
   line, not with a traceback after a long run. It probes by creating (and removing) an empty folder in the
   nearest existing folder at or above `path`, which also catches what permission bits miss (read-only
   mounts, /proc, running as root)."""
   target = Path(path).expanduser().absolute()
-  folder = target
-  while not folder.exists():
-    folder = folder.parent
-  if folder == target and not folder.is_dir():
-    folder = folder.parent  # an existing file is replaced inside its own folder
-  if not folder.is_dir():
-    raise UserError(f"{flag} {path}: {folder} is a file, not a folder; choose another location")
+  if folder and target.exists() and not target.is_dir():
+    raise UserError(f"{flag} {path} exists and is not a folder")
+  parent = target
+  while not parent.exists():
+    parent = parent.parent
+  if parent == target and not parent.is_dir():
+    parent = parent.parent  # an existing file is replaced inside its own folder
+  if not parent.is_dir():
+    raise UserError(f"{flag} {path}: {parent} is a file, not a folder; choose another location")
   try:
-    os.rmdir(tempfile.mkdtemp(prefix=".unclip_jax_write_check.", dir=folder))
+    os.rmdir(tempfile.mkdtemp(prefix=".unclip_jax_write_check.", dir=parent))
   except OSError as e:
-    raise UserError(f"{flag} {path}: cannot write in {folder} ({e.strerror or e}); choose another location") from None
+    raise UserError(f"{flag} {path}: cannot write in {parent} ({e.strerror or e}); choose another location") from None
   return target
 
 

@@ -130,9 +130,7 @@ def main(argv: Sequence[str]) -> int:
   if args.eval_clip:
     read_stage(args.eval_clip, kind="clip")
   out = Path(args.out or f"eval-{args.suite}")
-  if out.exists() and not out.is_dir():
-    raise UserError(f"--out {out} exists and is not a folder")
-  check_writable(out, "--out")
+  check_writable(out, "--out", folder=True)
 
   from unclip_jax.eval.context import Context
 

@@ -43,15 +43,13 @@ class OutputSet:
 
   def __init__(self, out: str, *, overwrite: bool = False):
     self.out = Path(out)
-    if self.out.exists() and not self.out.is_dir():
-      raise UserError(f"--out {self.out} exists and is not a folder")
+    check_writable(self.out, "--out", folder=True)
     if not overwrite and self.out.is_dir():
       earlier = sorted(p.name for p in self.out.iterdir() if RESULT_FILE.match(p.name))
       if earlier:
         raise UserError(f"--out {self.out} holds earlier results ({earlier[0]}"
                         + (f" and {len(earlier) - 1} more" if len(earlier) > 1 else "")
                         + "); choose another folder or pass --overwrite to replace them")
-    check_writable(self.out, "--out")
     self.files: dict[str, bytes] = {}
 
   def png(self, name: str, image: np.ndarray) -> None:

@@ -91,6 +91,8 @@ def test_check_writable_refuses_a_file_in_the_way_and_leaves_nothing_behind(tmp_
   assert sorted(os.listdir(tmp_path)) == []
   (tmp_path / "taken").write_text("x")
   assert check_writable(tmp_path / "taken", "--out") == tmp_path / "taken"  # an existing file may be replaced
+  with pytest.raises(UserError, match=r"--out .*taken exists and is not a folder"):
+    check_writable(tmp_path / "taken", "--out", folder=True)  # ... but not where a folder is wanted
   with pytest.raises(UserError, match=r"--out .*taken/sub: .*taken is a file, not a folder"):
     check_writable(tmp_path / "taken" / "sub", "--out")
   assert sorted(os.listdir(tmp_path)) == ["taken"]
