@@ -4,6 +4,7 @@ checkpoints, and the CLI's handling of bad input."""
 import os
 import signal
 
+import jax
 import numpy as np
 import pytest
 
@@ -12,7 +13,7 @@ from unclip_jax.train import __main__ as train_cli
 from unclip_jax.train import loop
 from unclip_jax.train.metrics import read_metrics
 
-from tests.helpers import CLIP_CONFIG, assert_same_run, tiny_clip_config
+from tests.helpers import CLIP_CONFIG, assert_same_run, leaves, tiny_clip_config
 
 CONFIG = CLIP_CONFIG
 tiny_config = tiny_clip_config
@@ -174,3 +175,45 @@ def test_resuming_with_another_step_count_warns_that_the_schedule_moves(data_dir
   assert resumed.start_step == 2 and resumed.final_step == 4
   out = capsys.readouterr().out
   assert "started with train.steps=6 and resumes with 4" in out and "--config.train.steps=6" in out, out
+
+
+def test_init_from_starts_a_new_run_from_an_exported_stage(data_dir, tmp_path, capsys):
+  """`train.init_from` loads a stage checkpoint's EMA weights in place of the random init (fine-tuning): at a
+  zero learning rate (the first warmup step) the new run exports exactly those weights. A resumed run keeps
+  its own checkpoint even when the folder it started from is gone."""
+  from unclip_jax import checkpoint
+
+  ema = {"optim.ema_decay": 0.9}  # the tiny CLIP keeps none; with one, its export holds online and EMA weights
+  source = loop.train(tiny_config(data_dir, **{**ema, "train.steps": 2}), tmp_path / "source", progress=False)
+  wanted = loop.sampling_params(source.state)
+  assert not all(np.allclose(a, b) for a, b in zip(leaves(wanted), leaves(source.state.params)))
+  still = {**ema, "train.steps": 1, "optim.warmup_steps": 10, "seed": 7,
+           "train.init_from": str(tmp_path / "source" / "export")}
+  capsys.readouterr()
+  loop.train(tiny_config(data_dir, **still), tmp_path / "tuned", progress=False)
+  assert "started from the weights of" in capsys.readouterr().out
+  abstract = jax.eval_shape(lambda: wanted)
+  got = checkpoint.load_stage_params(tmp_path / "tuned" / "export", {"params": abstract, "ema": abstract})
+  for a, b, c in zip(leaves(wanted), leaves(got["params"]), leaves(got["ema"])):  # the EMA, not the online copy
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a, c, rtol=1e-6, atol=1e-7)
+  fresh = loop.train(tiny_config(data_dir, **{**still, "train.init_from": ""}), tmp_path / "fresh", progress=False)
+  assert not all(np.allclose(a, b) for a, b in zip(leaves(wanted), leaves(loop.sampling_params(fresh.state))))
+
+  import shutil
+  shutil.rmtree(tmp_path / "source")
+  resumed = loop.train(tiny_config(data_dir, **{**still, "train.steps": 2}), tmp_path / "tuned", progress=False)
+  assert resumed.start_step == 1 and resumed.final_step == 2
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"model.embed_dim": 48}, "does not match this run's config"),
+    ({}, "is not a unclip_jax stage checkpoint"),
+])
+def test_init_from_a_checkpoint_that_does_not_fit_is_one_error(data_dir, tmp_path, change, message):
+  loop.train(tiny_config(data_dir, **{"train.steps": 1}), tmp_path / "source", progress=False)
+  target = tmp_path / "source" / ("export" if change else "checkpoints")
+  config = tiny_config(data_dir, **{"train.steps": 1, "train.init_from": str(target), **change})
+  with pytest.raises(UserError, match=f"--config.train.init_from={target}: .*{message}"):
+    loop.train(config, tmp_path / "tuned", progress=False)
+  assert not (tmp_path / "tuned" / "export").exists()

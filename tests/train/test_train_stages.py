@@ -55,6 +55,15 @@ def test_prior_stage(data, tmp_path):
   ema, online = restored["ema"]["params"]["proj_in"]["kernel"], restored["params"]["params"]["proj_in"]["kernel"]
   assert not np.array_equal(ema, online)  # both copies are exported, and they differ
 
+  # Fine-tuning from it keeps the checkpoint's statistics (the model learned in their coordinates), not this
+  # run's: a checkpoint saved with other statistics passes them on to the new run's export.
+  shifted = jax.tree.map(np.asarray, restored["ema"])
+  shifted["stats"]["clip_mean"] = shifted["stats"]["clip_mean"] + 1.0
+  checkpoint.save_stage(tmp_path / "shifted", shifted, kind="prior", config=meta["config"])
+  run("configs/prior.py:tiny", root, tmp_path / "tuned", **{"train.init_from": str(tmp_path / "shifted")})
+  tuned = checkpoint.load_stage_params(tmp_path / "tuned" / "export", {"params": abstract, "ema": abstract}, kind="prior")
+  np.testing.assert_allclose(tuned["ema"]["stats"]["clip_mean"], stats_mean + 1.0, rtol=1e-6)
+
 
 def test_decoder_stage_with_sample_grid(data, tmp_path, monkeypatch):
   from unclip_jax.train.metrics import MetricsWriter

@@ -21,12 +21,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from unclip_jax.checkpoint import first_mismatch, tree_checksums
+from unclip_jax.checkpoint import first_mismatch, load_stage_params, read_stage, tree_checksums
 from unclip_jax.errors import UserError
 
 # Fields that define a run: a checkpoint made with other values belongs to another run.
 IDENTITY_PREFIXES = ("stage", "seed", "model", "diffusion", "optim", "data.name", "data.config",
-                     "train.batch_size", "train.loss", "train.shard_optimizer")
+                     "train.batch_size", "train.loss", "train.shard_optimizer", "train.init_from")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -47,7 +47,7 @@ def _json_roundtrip(config: ml_collections.ConfigDict | dict) -> dict:
 
 # Identity fields added after runs were already saved, with the value that reproduces those runs: a
 # checkpoint without the field is the same run as a config holding that value.
-ADDED_FIELDS = {"model.image_tower": True}
+ADDED_FIELDS = {"model.image_tower": True, "train.init_from": ""}
 
 
 def config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
@@ -87,6 +87,26 @@ def describe_latest_on_disk(workdir: str | Path) -> str:
 
 class DamagedCheckpoint(Exception):
   """A run checkpoint whose files cannot be read or whose arrays differ from their saved checksums."""
+
+
+def load_initial_weights(stage, params, extra, directory: str | Path):
+  """(params, extra) of a new run taken from the stage checkpoint `directory` instead of the random init:
+  fine-tuning converted weights, or continuing an exported or shipped (float16) model with a new optimizer
+  and schedule. A checkpoint with an EMA gives its EMA copy, the weights sampling uses. A checkpoint of
+  another stage or of another model size is a `UserError` naming the first difference."""
+  kind, template, _ = stage.export(params, extra)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.dtype(x.dtype)), template)
+  where = f"--config.train.init_from={directory}"
+  try:
+    meta = read_stage(directory, kind=kind)
+    if meta.get("ema"):  # a training export: {"params": online, "ema": EMA}
+      tree = load_stage_params(directory, {"params": abstract, "ema": abstract}, kind=kind)["ema"]
+    else:
+      tree = load_stage_params(directory, abstract, kind=kind)
+  except UserError as e:
+    message = str(e).replace("its config", "this run's config")
+    raise UserError(f"{where}: {message}") from None
+  return stage.from_export(tree, extra)
 
 
 class RunCheckpoints:

@@ -31,7 +31,7 @@ from unclip_jax import images as image_io
 from unclip_jax.data import pipeline
 from unclip_jax.errors import UserError
 from unclip_jax.train import optim, zero
-from unclip_jax.train.checkpoints import RunCheckpoints, describe_latest_on_disk
+from unclip_jax.train.checkpoints import RunCheckpoints, describe_latest_on_disk, load_initial_weights
 from unclip_jax.train.metrics import MetricsWriter
 from unclip_jax.train.stages import get_stage
 from unclip_jax.train.stages.base import AXIS, TIMESTEP_LOSSES, device_arrays, record_timestep_losses
@@ -228,6 +228,9 @@ def _train(config, workdir: Path, stop_after: int | None, progress: bool, dog: P
 
   checkpoints = RunCheckpoints(workdir, config, keep=int(config.train.get("keep_checkpoints", 3)))
   params, extra = stage.init(step_key(int(config.seed), INIT_STREAM))
+  if config.train.get("init_from") and checkpoints.latest_step() is None:  # a resumed run has its own weights
+    params, extra = load_initial_weights(stage, params, extra, config.train.init_from)
+    print(f"started from the weights of {config.train.init_from}", flush=True)
   use_ema = float(config.optim.ema_decay) > 0
   layout = None
   if config.train.get("shard_optimizer", False):

@@ -31,6 +31,7 @@ def train_config(batch_size: int, steps: int, **stage_fields) -> ml_collections.
   c.shard_optimizer = False        # split Adam moments + EMA over the devices (ZeRO-2, unclip_jax.train.zero)
   c.peer_timeout_s = 20            # multi-process: a peer silent this long is lost (train/watchdog.py)
   c.step_timeout_s = 1800          # multi-process: no step finished this long (compiling included) = a hang
+  c.init_from = ""                 # a stage checkpoint (export, packed or converted) to start from instead of random
   for key, value in stage_fields.items():
     c[key] = value
   return c

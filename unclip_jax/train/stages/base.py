@@ -76,6 +76,10 @@ class Stage:
   def make_extra(self) -> dict:
     return self.timestep_extra()
 
+  def from_export(self, tree, extra):
+    """(params, extra) from the tree `export` writes (the inverse of its tree part)."""
+    return tree, extra
+
   def abstract_extra(self) -> dict:
     """Shapes of `make_extra()` without touching data (for benchmarks and memory analysis)."""
     return jax.eval_shape(self.timestep_extra)

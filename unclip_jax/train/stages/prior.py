@@ -56,6 +56,10 @@ class PriorStage(EmbeddedStage):
     loss = jnp.mean(terms["loss"] * weights)
     return loss, self.timestep_metrics(loss, t, terms["loss"])
 
+  def from_export(self, tree, extra):
+    # The model learned in the normalised coordinates of the checkpoint's statistics: keep them.
+    return tree["params"], {**extra, "stats": tree["stats"]}
+
   def export(self, params, extra):
     return "prior", {"params": params, "stats": extra["stats"]}, {
         "preset": self.config.get("preset", ""), "stage": "prior", "source": "training",
