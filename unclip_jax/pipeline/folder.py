@@ -118,14 +118,16 @@ def assemble(out: str | os.PathLike, stage_dirs: dict[str, str | None], *, prese
   return out
 
 
-def load_stage_tree(path: Path, kind: str, meta: dict, *, ema: bool, log: Callable[[str], None]):
+def load_stage_tree(path: Path, kind: str, meta: dict, *, ema: bool, log: Callable[[str], None], abstract=None):
   """Restores a stage's parameter tree → (tree, "ema" | "params"). A checkpoint whose stage.json says
   `"ema": true` stores {"params": TREE, "ema": TREE}; `ema` picks the EMA copy (falling back to params,
-  with a message, where there is none)."""
-  try:
-    abstract = registry.abstract_params(kind, registry.model_dict(kind, meta["config"]))
-  except (KeyError, TypeError, ValueError) as e:
-    raise UserError(f"{path}/stage.json has an invalid {kind} config ({type(e).__name__}: {e})") from None
+  with a message, where there is none). `abstract` (shapes and dtypes) is the tree the caller needs, such
+  as a training run's own parameters; by default, the one the checkpoint's config builds."""
+  if abstract is None:
+    try:
+      abstract = registry.abstract_params(kind, registry.model_dict(kind, meta["config"]))
+    except (KeyError, TypeError, ValueError) as e:
+      raise UserError(f"{path}/stage.json has an invalid {kind} config ({type(e).__name__}: {e})") from None
   if meta.get("ema"):
     tree = load_stage_params(path, {"params": abstract, "ema": abstract}, kind=kind)
     return tree["ema" if ema else "params"], ("ema" if ema else "params")

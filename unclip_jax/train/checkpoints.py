@@ -21,8 +21,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from unclip_jax.checkpoint import first_mismatch, load_stage_params, read_stage, tree_checksums
+from unclip_jax.checkpoint import first_mismatch, read_stage, tree_checksums
 from unclip_jax.errors import UserError
+from unclip_jax.pipeline.folder import load_stage_tree
 
 # Fields that define a run: a checkpoint made with other values belongs to another run.
 IDENTITY_PREFIXES = ("stage", "seed", "model", "diffusion", "optim", "data.name", "data.config",
@@ -99,10 +100,7 @@ def load_initial_weights(stage, params, extra, directory: str | Path):
   where = f"--config.train.init_from={directory}"
   try:
     meta = read_stage(directory, kind=kind)
-    if meta.get("ema"):  # a training export: {"params": online, "ema": EMA}
-      tree = load_stage_params(directory, {"params": abstract, "ema": abstract}, kind=kind)["ema"]
-    else:
-      tree = load_stage_params(directory, abstract, kind=kind)
+    tree, _ = load_stage_tree(Path(directory), kind, meta, ema=True, log=lambda _: None, abstract=abstract)
   except UserError as e:
     message = str(e).replace("its config", "this run's config")
     raise UserError(f"{where}: {message}") from None
