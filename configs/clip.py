@@ -34,7 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # OpenCLIP's recipe; no EMA (neither OpenCLIP nor big_vision keeps one for CLIP).
   config.optim = optim_config(lr=5e-4, warmup_steps=10_000, weight_decay=0.2, b2=0.98, eps=1e-6, ema_decay=0.0)
   # loss: 'softmax' (CLIP InfoNCE) | 'sigmoid' (SigLIP; needs model.init_logit_bias)
-  config.train = train = train_config(32768, 100_000, loss="softmax", max_logit_scale=math.log(100.0))
+  # hard_negatives: '' | comma-separated kinds of `unclip_jax.data.hard_negatives` (relation, color, count):
+  # NegCLIP's word-order negatives, so that the embeddings keep relations, colour binding and counts.
+  config.train = train = train_config(32768, 100_000, loss="softmax", max_logit_scale=math.log(100.0),
+                                      hard_negatives="")
   # The user's own image + caption folders or webdataset shards (`prepare image_text --name ...`).
   config.data = data = data_config("image_text", "", image_size=config.model.image_size)
 

@@ -23,7 +23,11 @@ class _Scorer:
     return np.zeros(len(images), int)
 
   def encode_images(self, images):
+    self.sizes.append(images.shape[1:3])
     return np.zeros((len(images), 4))
+
+  def encode_captions(self, captions):
+    return np.zeros((len(captions), 4))
 
 
 class _SceneEncoder:
@@ -69,6 +73,7 @@ def test_probes_render_at_the_clip_size_and_report_the_resized_renders_apart():
   for key in ("shapes", "shapes_resized_from_64px"):
     assert out[key]["heldout"]["shape"]["n"] == 4
   assert out["linear_probe"]["shape"]["heldout"]["n"] == 4
+  assert out["word_order"]["position"]["heldout"]["n"] == 4 and out["word_order"]["binding"]["perturbation"] == "color"
   native = prompts.task_set("single", "heldout", 4, 77, 32)
   big = prompts.task_set("single", "heldout", 4, 77)
   assert native[0] == big[0] and native[1].shape[1:3] == (32, 32) and big[1].shape[1:3] == (64, 64)
@@ -76,3 +81,45 @@ def test_probes_render_at_the_clip_size_and_report_the_resized_renders_apart():
   scorer64 = _Scorer(prompts.IMAGE_SIZE)  # a 64 px CLIP: one probe, no resized copy
   out = zeroshot_probe.run(types.SimpleNamespace(generator_clip=scorer64, log=print, options=ctx.options))
   assert "shapes_resized_from_64px" not in out and set(scorer64.sizes) == {(64, 64)}
+
+
+class _CaptionScorer:
+  """A stand-in CLIP that knows each probed scene's caption: images embed as their caption's text
+  embedding, and text embeds either as a one-hot per distinct caption (it reads word order) or as word
+  counts (a bag of words)."""
+
+  def __init__(self, bag_of_words: bool, seed: int):
+    self.config = types.SimpleNamespace(image_size=32)
+    self.bag, self.seed, self.vocab = bag_of_words, seed, {}
+    self.by_image = {}
+    for task in zeroshot_probe.WORD_ORDER:
+      for split in prompts.SPLITS:
+        captions, images, _ = prompts.task_set(task, split, 40, seed + 91, 32)
+        self.by_image.update({im.tobytes(): c for im, c in zip(images, captions)})
+
+  def _id(self, key):
+    return self.vocab.setdefault(key, len(self.vocab))
+
+  def encode_captions(self, captions):
+    keys = [c.split() if self.bag else [c] for c in captions]
+    ids = [[self._id(k) for k in ks] for ks in keys]
+    out = np.zeros((len(captions), 512))
+    for row, ks in zip(out, ids):
+      np.add.at(row, ks, 1.0)
+    return out
+
+  def encode_images(self, images):
+    return self.encode_captions([self.by_image[im.tobytes()] for im in images])
+
+
+def test_word_order_probe_tells_a_reader_of_word_order_from_a_bag_of_words():
+  reader = zeroshot_probe.word_order_probe(_CaptionScorer(False, 0), 20, 0)
+  bag = zeroshot_probe.word_order_probe(_CaptionScorer(True, 0), 20, 0)
+  for task in ("position", "binding", "counting"):
+    for split in prompts.SPLITS:
+      assert reader[task][split]["rate"] == 1.0 and reader[task][split]["n"] == 20
+      assert 0 < reader[task][split]["chance"] <= 0.5
+  # Word counts still see a changed word ("above" → "below", "two" → "three"), but swapped colours are
+  # the same bag: a tie, which the probe counts as a miss.
+  assert bag["binding"]["seen"]["rate"] == bag["binding"]["heldout"]["rate"] == 0.0
+  assert bag["position"]["seen"]["rate"] == 1.0

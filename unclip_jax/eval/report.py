@@ -96,6 +96,12 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
         r = z["linear_probe"][probe]
         out.append(("zeroshot", f"{probe} read by a linear probe fit on seen pairs", _p(r["seen"]), _p(r["heldout"]),
                     "image embedding; what a decoder's rules from seen pairs can read"))
+    for task, r in z.get("word_order", {}).items():
+      if "seen" in r and "heldout" in r:
+        what = {"relation": "with the relation flipped", "color": "with the colours swapped",
+                "count": "with another count"}[r["perturbation"]]
+        out.append(("zeroshot", f"{task} scenes: caption over the same words {what}", _p(r["seen"]),
+                    _p(r["heldout"]), f"chance {r['seen']['chance']:.2f}; word order (hard negatives)"))
     if "shapes_resized_from_64px" in z:
       for probe in ("colour", "shape"):
         r = z["shapes_resized_from_64px"]

@@ -11,13 +11,19 @@ Zero-shot compares an image with the text embeddings of its own candidate captio
 included, so it can be perfect on held-out pairs while a network conditioned on the image embedding (the
 decoder) still cannot read them: that network learnt its rules from seen pairs only. `linear_probe_transfer`
 measures that directly: colour and shape read from the image embedding by linear probes fit on seen pairs.
+
+`word_order_probe` asks whether the CLIP reads word order at all (ARO's question, Yuksekgonul et al. 2023):
+does a scene's image embedding prefer its caption to the same words saying something else, the relation
+flipped, the colours of two objects swapped, another count (`unclip_jax.data.hard_negatives`)? A CLIP that
+scores near chance there hands the prior and decoder a bag of words: position, binding and counting are
+then lost before either is trained. `train.hard_negatives` trains CLIP against exactly these.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from unclip_jax.data import shapes
+from unclip_jax.data import hard_negatives, shapes
 from unclip_jax.errors import UserError
 from unclip_jax.eval import prompts
 from unclip_jax.eval.stats import proportion
@@ -48,6 +54,35 @@ def shapes_probes(scorer, n: int, seed: int, image_size: int | None = None) -> d
     for name, (labels, templates, truth) in probes.items():
       pred = scorer.zero_shot(images, labels, templates)
       out[split][name] = {**proportion(pred == np.array([truth(o) for o in truth_objects])), "chance": 1 / len(labels)}
+  return out
+
+
+WORD_ORDER = {  # compositional task whose scenes are probed: the kind of perturbation
+    "position": "relation", "binding": "color", "counting": "count"}
+
+
+def word_order_probe(scorer, n: int, seed: int, image_size: int | None = None) -> dict:
+  """Per task and split: how often a scene's image embedding has a higher cosine with its caption than with
+  every perturbation of it (strictly: a tie is a miss), over the first `n` scenes that have one."""
+  image_size = image_size or int(scorer.config.image_size)
+  out = {}
+  for task, kind in WORD_ORDER.items():
+    out[task] = {"perturbation": kind}
+    for split in prompts.SPLITS:
+      captions, images, _ = prompts.task_set(task, split, 2 * n, seed + 91, image_size)
+      keep = [i for i, c in enumerate(captions) if hard_negatives.perturbations(c, (kind,))][:n]
+      if not keep:
+        continue
+      captions, images = [captions[i] for i in keep], images[keep]
+      wrong = [hard_negatives.perturbations(c, (kind,)) for c in captions]
+      img = _unit(scorer.encode_images(images))[:, :-1]
+      cos = lambda texts: _unit(scorer.encode_captions(texts))[:, :-1]  # noqa: E731
+      own = np.sum(img * cos(captions), axis=-1)
+      flat = [w for ws in wrong for w in ws]
+      rows = np.repeat(np.arange(len(captions)), [len(ws) for ws in wrong])
+      other = np.full(len(captions), -np.inf)
+      np.maximum.at(other, rows, np.sum(img[rows] * cos(flat), axis=-1))
+      out[task][split] = {**proportion(own > other), "chance": float(np.mean([1 / (1 + len(ws)) for ws in wrong]))}
   return out
 
 
@@ -126,7 +161,8 @@ def run(ctx) -> dict:
   o = ctx.options
   scorer = ctx.generator_clip
   out = {"clip": "the generator's CLIP (pipeline stage 'clip')", "shapes": shapes_probes(scorer, o.num, o.seed),
-         "image_size": int(scorer.config.image_size), "linear_probe": linear_probe_transfer(scorer, o.num, o.seed)}
+         "image_size": int(scorer.config.image_size), "linear_probe": linear_probe_transfer(scorer, o.num, o.seed),
+         "word_order": word_order_probe(scorer, o.num, o.seed)}
   if out["image_size"] != prompts.IMAGE_SIZE:
     out["shapes_resized_from_64px"] = shapes_probes(scorer, o.num, o.seed, prompts.IMAGE_SIZE)
   if not o.zeroshot_extra:

@@ -29,7 +29,7 @@ import optax
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
-def _normalize(x):
+def normalize(x):
   x = x.astype(jnp.float32)
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -45,49 +45,73 @@ def _mean_over_devices(x, axis_name):
   return x if axis_name is None else jax.lax.pmean(x, axis_name)
 
 
-def clip_softmax_loss(image_embeds, text_embeds, logit_scale, axis_name: str | None = None):
+def _negative_logits(img, scale, negative_embeds, negative_valid, axis_name):
+  """(local, global) logits of the images against every device's hard-negative captions; a row without a
+  negative (`negative_valid` False) is a column of -inf, which no softmax or sigmoid term counts."""
+  neg, _ = _gather(normalize(negative_embeds), axis_name)
+  valid, _ = _gather(negative_valid, axis_name)
+  return jnp.where(valid[None, :], scale * img @ neg.T, -jnp.inf), valid
+
+
+def clip_softmax_loss(image_embeds, text_embeds, logit_scale, axis_name: str | None = None, *,
+                      negative_embeds=None, negative_valid=None):
   """Symmetric InfoNCE (CLIP): mean of image→text and text→image cross-entropies over the global batch.
 
-  Embeddings need not be normalised (they are L2-normalised here). Returns a scalar, the same on every
-  device.
+  Embeddings need not be normalised (they are L2-normalised here). With `negative_embeds` (local, D), the
+  embeddings of hard-negative captions (`unclip_jax.data.hard_negatives`; rows where `negative_valid` is
+  False have none), every image is also scored against every device's negatives, as extra wrong columns of
+  the image→text softmax (NegCLIP); text→image is unchanged. Returns a scalar, the same on every device.
   """
-  img, txt = _normalize(image_embeds), _normalize(text_embeds)
+  img, txt = normalize(image_embeds), normalize(text_embeds)
   all_img, offset = _gather(img, axis_name)
   all_txt, _ = _gather(txt, axis_name)
   scale = jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))
   labels = jnp.arange(img.shape[0]) + offset
   logits_per_image = scale * img @ all_txt.T  # (local, global)
   logits_per_text = scale * txt @ all_img.T
+  if negative_embeds is not None:
+    negative_logits, _ = _negative_logits(img, scale, negative_embeds, negative_valid, axis_name)
+    logits_per_image = jnp.concatenate([logits_per_image, negative_logits], axis=1)  # labels still index the first part
   loss = 0.5 * (optax.softmax_cross_entropy_with_integer_labels(logits_per_image, labels).mean()
                 + optax.softmax_cross_entropy_with_integer_labels(logits_per_text, labels).mean())
   return _mean_over_devices(loss, axis_name)
 
 
-def siglip_loss(image_embeds, text_embeds, logit_scale, logit_bias, axis_name: str | None = None):
+def siglip_loss(image_embeds, text_embeds, logit_scale, logit_bias, axis_name: str | None = None, *,
+                negative_embeds=None, negative_valid=None):
   """SigLIP pairwise sigmoid loss: -Σ_ij log σ(±(t·x_i·y_j + b)) / global_batch, + on matched pairs.
 
-  Computed on local images × all gathered texts (every pair is still counted exactly once). SigLIP
-  initialises `logit_scale = ln 10` and `logit_bias = -10`.
+  Computed on local images × all gathered texts (every pair is still counted exactly once). With
+  `negative_embeds` (see `clip_softmax_loss`), every image × every valid hard negative is one more pair
+  with the minus sign. SigLIP initialises `logit_scale = ln 10` and `logit_bias = -10`.
   """
-  img, txt = _normalize(image_embeds), _normalize(text_embeds)
+  img, txt = normalize(image_embeds), normalize(text_embeds)
   all_txt, offset = _gather(txt, axis_name)
   scale = jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))
   logits = scale * img @ all_txt.T + logit_bias  # (local, global)
   positive = jnp.arange(all_txt.shape[0])[None, :] == (jnp.arange(img.shape[0]) + offset)[:, None]
   signs = jnp.where(positive, 1.0, -1.0)
   loss = -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / img.shape[0]
+  if negative_embeds is not None:
+    negative_logits, valid = _negative_logits(img, scale, negative_embeds, negative_valid, axis_name)
+    terms = jnp.where(valid[None, :], jax.nn.log_sigmoid(-(negative_logits + logit_bias)), 0.0)
+    loss = loss - jnp.sum(terms) / img.shape[0]
   return _mean_over_devices(loss, axis_name)
 
 
-def contrastive_loss(kind: str, outputs: dict[str, Any], axis_name: str | None = None):
-  """Dispatches on the config's `loss` field ('softmax' | 'sigmoid') given the dict `CLIP.__call__` returns."""
+def contrastive_loss(kind: str, outputs: dict[str, Any], axis_name: str | None = None, *, negative_embeds=None,
+                     negative_valid=None):
+  """Dispatches on the config's `loss` field ('softmax' | 'sigmoid') given the dict `CLIP.__call__` returns,
+  with optional hard-negative caption embeddings (see `clip_softmax_loss`)."""
+  negatives = {"negative_embeds": negative_embeds, "negative_valid": negative_valid}
   if kind == "softmax":
-    return clip_softmax_loss(outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"], axis_name)
+    return clip_softmax_loss(outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"], axis_name,
+                             **negatives)
   if kind == "sigmoid":
     if "logit_bias" not in outputs:
       raise ValueError("the sigmoid loss needs a model with a logit bias (set init_logit_bias in the config)")
     return siglip_loss(outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"],
-                       outputs["logit_bias"], axis_name)
+                       outputs["logit_bias"], axis_name, **negatives)
   raise ValueError(f"unknown contrastive loss {kind!r}; expected 'softmax' or 'sigmoid'")
 
 

@@ -1,4 +1,6 @@
-"""CLIP stage: the contrastive loss over the global batch (softmax or SigLIP) on image-caption data."""
+"""CLIP stage: the contrastive loss over the global batch (softmax or SigLIP) on image-caption data, with
+optional word-order hard negatives (`train.hard_negatives`, NegCLIP): each caption's perturbed twin, such as
+the relation flipped, joins the batch as one more wrong caption for every image."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unclip_jax.data import pipeline
+from unclip_jax.data import hard_negatives, pipeline
 from unclip_jax.errors import UserError
 from unclip_jax.models import clip as clip_model
 from unclip_jax.models.tokenizer import Tokenizer
@@ -29,6 +31,24 @@ class Tokenize(grain.MapTransform):
     return example
 
 
+class HardNegative(grain.RandomMapTransform):
+  """Adds `negative_tokens` (int32 [context]), one hard negative of the caption drawn with the record's own
+  random stream (reproducible, and resumed with the data iterator), and `has_negative` (False, with the
+  empty caption's tokens, where the caption has none of the asked kinds)."""
+
+  def __init__(self, context_length: int, kinds: tuple[str, ...]):
+    self.context_length, self.kinds = context_length, kinds
+    self._tokenizer = None
+
+  def random_map(self, example, rng):
+    if self._tokenizer is None:
+      self._tokenizer = Tokenizer(self.context_length)
+    negative = hard_negatives.sample_negative(str(example["caption"]), self.kinds, rng)
+    example["negative_tokens"] = np.asarray(self._tokenizer([negative or ""])[0], np.int32)
+    example["has_negative"] = np.asarray(negative is not None)
+    return example
+
+
 class ClipStage(Stage):
   kind = "clip"
 
@@ -39,9 +59,14 @@ class ClipStage(Stage):
     except (TypeError, ValueError) as e:
       raise UserError(f"invalid CLIP model config: {e}") from None
     self.model = clip_model.CLIP(self.model_config)
+    try:
+      self.negative_kinds = hard_negatives.parse_kinds(config.train.get("hard_negatives", ""))
+    except ValueError as e:
+      raise UserError(f"--config.train.hard_negatives: {e}") from None
 
   def operations(self):
-    return [pipeline.ImageCaption(), Tokenize(self.model_config.context_length)]
+    ops = [pipeline.ImageCaption(), Tokenize(self.model_config.context_length)]
+    return ops + [HardNegative(self.model_config.context_length, self.negative_kinds)] * bool(self.negative_kinds)
 
   def check_example(self, example):
     size = example["image"].shape[0]
@@ -54,15 +79,33 @@ class ClipStage(Stage):
 
   def batch_spec(self, n):
     c = self.model_config
-    return {"image": jax.ShapeDtypeStruct((n, c.image_size, c.image_size, 3), jnp.float32),
+    spec = {"image": jax.ShapeDtypeStruct((n, c.image_size, c.image_size, 3), jnp.float32),
             "tokens": jax.ShapeDtypeStruct((n, c.context_length), jnp.int32)}
+    if self.negative_kinds:
+      spec.update(negative_tokens=jax.ShapeDtypeStruct((n, c.context_length), jnp.int32),
+                  has_negative=jax.ShapeDtypeStruct((n,), jnp.bool_))
+    return spec
 
   def loss(self, params, extra, batch, rng):
     del extra, rng
     images = clip_model.normalize_images(batch["image"], self.model_config, value_range=(-1.0, 1.0))
-    out = self.model.apply({"params": params}, images, batch["tokens"])
-    loss = contrastive.contrastive_loss(self.config.train.loss, out, axis_name=AXIS)
-    return loss, {"loss": loss, "logit_scale": out["logit_scale"]}
+    if not self.negative_kinds:
+      out = self.model.apply({"params": params}, images, batch["tokens"])
+      loss = contrastive.contrastive_loss(self.config.train.loss, out, axis_name=AXIS)
+      return loss, {"loss": loss, "logit_scale": out["logit_scale"]}
+    # One text-tower call for the captions and their negatives.
+    n = batch["tokens"].shape[0]
+    out = self.model.apply({"params": params}, images, jnp.concatenate([batch["tokens"], batch["negative_tokens"]]))
+    negatives = out["text_embeds"][n:]
+    out = dict(out, text_embeds=out["text_embeds"][:n])
+    valid = batch["has_negative"].astype(bool)
+    loss = contrastive.contrastive_loss(self.config.train.loss, out, axis_name=AXIS, negative_embeds=negatives,
+                                        negative_valid=valid)
+    # How often an image's own caption beats its hard negative (the word-order probe, on training data).
+    img, txt, neg = (contrastive.normalize(x) for x in (out["image_embeds"], out["text_embeds"], negatives))
+    wins = jnp.sum(((img * txt).sum(-1) > (img * neg).sum(-1)) & valid)
+    order = jax.lax.psum(wins, AXIS) / jnp.maximum(jax.lax.psum(jnp.sum(valid), AXIS), 1)
+    return loss, {"loss": loss, "logit_scale": out["logit_scale"], "negative_accuracy": order}
 
   def postprocess(self, params):
     return contrastive.clamp_logit_scale(params)

@@ -1,0 +1,56 @@
+"""CLIP with word-order hard negatives (`train.hard_negatives`): the batch carries them, a run with them
+resumes exactly (the negatives come from each record's own random stream), and bad settings are errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers import assert_same_run, tiny_clip_config
+from unclip_jax.data import hard_negatives
+from unclip_jax.errors import UserError
+from unclip_jax.models.tokenizer import Tokenizer
+from unclip_jax.train import loop
+from unclip_jax.train.metrics import read_metrics
+from unclip_jax.train.stages import get_stage
+
+KINDS = "relation,color,count"
+
+
+def test_the_transform_adds_a_negative_caption_where_there_is_one():
+  config = tiny_clip_config(("unused", "unused"), **{"train.hard_negatives": KINDS})
+  stage = get_stage(config)
+  transform = stage.operations()[-1]
+  tokenizer = Tokenizer(stage.model_config.context_length)
+  caption = "a red circle above a blue square"
+  out = transform.random_map({"caption": caption}, np.random.default_rng(0))
+  assert bool(out["has_negative"])
+  negative = [c for c in hard_negatives.perturbations(caption) if np.array_equal(tokenizer([c])[0], out["negative_tokens"])]
+  assert len(negative) == 1  # the tokens are those of one of the caption's perturbations
+  none = transform.random_map({"caption": "a red circle"}, np.random.default_rng(0))
+  assert not bool(none["has_negative"]) and np.array_equal(none["negative_tokens"], tokenizer([""])[0])
+  assert set(stage.batch_spec(4)) == {"image", "tokens", "negative_tokens", "has_negative"}
+  plain = get_stage(tiny_clip_config(("unused", "unused")))
+  assert set(plain.batch_spec(4)) == {"image", "tokens"} and len(plain.operations()) == len(stage.operations()) - 1
+
+
+def test_a_run_with_hard_negatives_trains_and_resumes_exactly(data_dir, tmp_path):
+  config = lambda: tiny_clip_config(data_dir, **{"train.hard_negatives": KINDS})  # noqa: E731
+  straight = loop.train(config(), tmp_path / "straight", progress=False)
+  rows = read_metrics(tmp_path / "straight")
+  assert all(0.0 <= r["negative_accuracy"] <= 1.0 for r in rows) and all(np.isfinite(r["loss"]) for r in rows)
+  loop.train(config(), tmp_path / "run", stop_after=4, progress=False)
+  resumed = loop.train(config(), tmp_path / "run", progress=False)
+  assert resumed.start_step == 4
+  assert_same_run(tmp_path / "straight", straight.state, tmp_path / "run", resumed.state)
+  # The negatives change the loss: the same run without them follows another curve.
+  loop.train(tiny_clip_config(data_dir), tmp_path / "plain", progress=False)
+  assert [r["loss"] for r in read_metrics(tmp_path / "plain")] != [r["loss"] for r in rows]
+  # ... and a workdir of one is refused to the other (an identity field).
+  with pytest.raises(UserError, match="train.hard_negatives"):
+    loop.train(tiny_clip_config(data_dir, **{"train.steps": 8}), tmp_path / "run", progress=False)
+
+
+def test_an_unknown_kind_is_one_error():
+  with pytest.raises(UserError, match="--config.train.hard_negatives: unknown hard-negative kind 'order'"):
+    get_stage(tiny_clip_config(("unused", "unused"), **{"train.hard_negatives": "relation,order"}))

@@ -1,0 +1,98 @@
+"""Word-order hard negatives: a caption turned into one that uses the same words but says something else.
+
+A contrastive CLIP trained on random batches rarely needs word order: a batch seldom holds both "a red
+circle above a blue square" and "a red circle below a blue square", so it learns a bag of words, and the
+relation, which colour goes with which object, and the count are lost from its embeddings (Yuksekgonul
+et al. 2023, "When and why vision-language models behave like bags-of-words"). DALL·E 2 inherits that
+through the prior and the decoder (attribute binding is its known weakness). NegCLIP's remedy is to add
+such perturbed captions to the batch as extra negatives; these functions make them from plain English
+word lists, so they apply to any captions, and a caption they cannot perturb simply has none.
+
+Kinds:
+  relation  a spatial relation swapped for its opposite ("left of" ↔ "right of", "above" ↔ "below", ...)
+  color     two different colour words of different things swapped ("a red circle and a blue square" →
+            "a blue circle and a red square")
+  count     a number word replaced by another ("three blue squares" → "two blue squares")
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+KINDS = ("relation", "color", "count")
+
+RELATION_OPPOSITES = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
+                      "over": "under", "under": "over", "in front of": "behind", "behind": "in front of",
+                      "on top of": "beneath", "beneath": "on top of", "inside": "outside", "outside": "inside"}
+COLOR_WORDS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "pink", "brown", "gray",
+               "grey", "cyan", "magenta")
+NUMBER_WORDS = ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+_RELATION = re.compile(r"\b(" + "|".join(sorted(map(re.escape, RELATION_OPPOSITES), key=len, reverse=True)) + r")\b")
+_COLOR = re.compile(r"\b(" + "|".join(COLOR_WORDS) + r")\b")
+_NUMBER = re.compile(r"\b(" + "|".join(NUMBER_WORDS) + r")\b")
+
+
+def parse_kinds(value: str) -> tuple[str, ...]:
+  """'relation,color' → ('relation', 'color'); '' → (); a ValueError names an unknown kind."""
+  kinds = tuple(k.strip() for k in str(value).split(",") if k.strip())
+  unknown = [k for k in kinds if k not in KINDS]
+  if unknown:
+    raise ValueError(f"unknown hard-negative kind {unknown[0]!r}; choose from {', '.join(KINDS)} (comma-separated)")
+  return kinds
+
+
+def _replace_at(text: str, match: re.Match, new: str) -> str:
+  return text[:match.start()] + new + text[match.end():]
+
+
+def relation_flips(caption: str) -> list[str]:
+  """The caption with one of its relations replaced by the opposite, for each relation it has."""
+  return [_replace_at(caption, m, RELATION_OPPOSITES[m.group(1)]) for m in _RELATION.finditer(caption)]
+
+
+def color_swaps(caption: str) -> list[str]:
+  """The caption with two different colour words exchanged, for each such pair whose next words differ
+  ("a blue square and a green square" swapped says the same thing, so it is no negative)."""
+  found = list(_COLOR.finditer(caption))
+  out = []
+  for i, a in enumerate(found):
+    for b in found[i + 1:]:
+      if a.group(1) != b.group(1) and _next_word(caption, a) != _next_word(caption, b):
+        out.append(caption[:a.start()] + b.group(1) + caption[a.end():b.start()] + a.group(1) + caption[b.end():])
+  return out
+
+
+def _next_word(text: str, match: re.Match) -> str:
+  rest = text[match.end():].split()
+  return rest[0].strip(",.;") if rest else ""
+
+
+def count_changes(caption: str) -> list[str]:
+  """The caption with its first number word replaced by each number word within two of it (plural nouns stay
+  right, and the change is one a picture can show)."""
+  m = _NUMBER.search(caption)
+  if m is None:
+    return []
+  i = NUMBER_WORDS.index(m.group(1))
+  return [_replace_at(caption, m, NUMBER_WORDS[j]) for j in range(max(0, i - 2), min(len(NUMBER_WORDS), i + 3))
+          if j != i]
+
+
+_MAKERS = {"relation": relation_flips, "color": color_swaps, "count": count_changes}
+
+
+def perturbations(caption: str, kinds=KINDS) -> list[str]:
+  """Every hard negative of `caption` of the given kinds, without repeats or the caption itself."""
+  out = []
+  for kind in kinds:
+    out.extend(_MAKERS[kind](caption))
+  return [c for c in dict.fromkeys(out) if c != caption]
+
+
+def sample_negative(caption: str, kinds, rng: np.random.Generator) -> str | None:
+  """One hard negative of `caption` drawn uniformly from its `perturbations`, or None where it has none."""
+  options = perturbations(caption, kinds)
+  return options[int(rng.integers(len(options)))] if options else None
