@@ -50,3 +50,24 @@ def test_sampling_and_kinds():
   assert H.parse_kinds(" relation, color ") == ("relation", "color") and H.parse_kinds("") == ()
   with pytest.raises(ValueError, match="unknown hard-negative kind 'order'"):
     H.parse_kinds("relation,order")
+
+
+def test_negatives_no_train_image_fits_can_be_excluded():
+  """A relation flip or colour swap of a train caption can name a held-out combination; with the shapes
+  split's `caption_is_heldout` as `exclude` those are never drawn, and the others still are."""
+  held = "a red triangle below a blue circle"  # its flip says "triangle above circle", a held-out triple
+  assert H.perturbations(held, ("relation",)) == ["a red triangle above a blue circle"]
+  assert shapes.caption_is_heldout("a red triangle above a blue circle") and not shapes.caption_is_heldout(held)
+  rng = np.random.default_rng(0)
+  assert H.sample_negative(held, ("relation",), rng, exclude=shapes.caption_is_heldout) is None
+  drawn = {H.sample_negative(held, H.KINDS, rng, exclude=shapes.caption_is_heldout) for _ in range(50)}
+  assert drawn == {"a blue triangle below a red circle"}
+  swap = "a orange square and a red circle"  # its colour swap names the held-out orange circle
+  assert shapes.caption_is_heldout(H.perturbations(swap, ("color",))[0])
+  assert H.sample_negative(swap, ("color",), rng, exclude=shapes.caption_is_heldout) is None
+  # every train caption's drawn negative names only combinations the train split shows
+  scenes = shapes.ShapesScenes(32, "train", 0, ("pair", "relation"))
+  for i in range(200):
+    negative = H.sample_negative(scenes[i][1], H.KINDS, rng, exclude=shapes.caption_is_heldout)
+    assert negative is None or not shapes.caption_is_heldout(negative)
+  assert not shapes.caption_is_heldout("a corgi")  # outside the grammar: nothing to exclude

@@ -30,6 +30,9 @@ def test_the_transform_adds_a_negative_caption_where_there_is_one():
   none = transform.random_map({"caption": "a red circle"}, np.random.default_rng(0))
   assert not bool(none["has_negative"]) and np.array_equal(none["negative_tokens"], tokenizer([""])[0])
   assert set(stage.batch_spec(4)) == {"image", "tokens", "negative_tokens", "has_negative"}
+  # on shapes data a negative naming a held-out combination is never drawn (no train image fits it)
+  flipped_to_heldout = transform.random_map({"caption": "a red triangle below a blue circle"}, np.random.default_rng(0))
+  assert np.array_equal(flipped_to_heldout["negative_tokens"], tokenizer(["a blue triangle below a red circle"])[0])
   plain = get_stage(tiny_clip_config(("unused", "unused")))
   assert set(plain.batch_spec(4)) == {"image", "tokens"} and len(plain.operations()) == len(stage.operations()) - 1
 

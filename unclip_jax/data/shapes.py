@@ -248,6 +248,19 @@ def parse_caption(caption: str) -> dict[str, Any]:
   raise ValueError(f"caption {caption!r} is outside the shapes grammar")
 
 
+def caption_is_heldout(caption: str) -> bool:
+  """Whether a caption names a held-out combination, so that no train image fits it (False outside the
+  grammar). CLIP hard negatives use it: a negative no train image fits would teach "this is never true"."""
+  try:
+    parsed = parse_caption(caption)
+  except ValueError:
+    return False
+  objs = parsed["objects"]
+  if any(o in HELDOUT_OBJECTS for o in objs):
+    return True
+  return parsed["relation"] is not None and (parsed["relation"], objs[0][1], objs[1][1]) in HELDOUT_RELATIONS
+
+
 def is_heldout(spec: dict[str, Any]) -> bool:
   """Whether a spec uses any held-out (colour, shape) or (relation, shape, shape) combination."""
   objs = [(o["color"], o["shape"]) for o in spec["objects"]]
