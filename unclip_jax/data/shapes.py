@@ -255,16 +255,16 @@ def caption_is_heldout(caption: str) -> bool:
     parsed = parse_caption(caption)
   except ValueError:
     return False
-  objs = parsed["objects"]
-  if any(o in HELDOUT_OBJECTS for o in objs):
-    return True
-  return parsed["relation"] is not None and (parsed["relation"], objs[0][1], objs[1][1]) in HELDOUT_RELATIONS
+  return _uses_heldout(parsed["objects"], parsed["relation"])
 
 
 def is_heldout(spec: dict[str, Any]) -> bool:
   """Whether a spec uses any held-out (colour, shape) or (relation, shape, shape) combination."""
-  objs = [(o["color"], o["shape"]) for o in spec["objects"]]
+  rel = spec.get("relation")
+  return _uses_heldout([(o["color"], o["shape"]) for o in spec["objects"]], rel["relation"] if rel else None)
+
+
+def _uses_heldout(objs: list[tuple[str, str]], relation: str | None) -> bool:
   if any(o in HELDOUT_OBJECTS for o in objs):
     return True
-  rel = spec.get("relation")
-  return rel is not None and (rel["relation"], objs[0][1], objs[1][1]) in HELDOUT_RELATIONS
+  return relation is not None and (relation, objs[0][1], objs[1][1]) in HELDOUT_RELATIONS
