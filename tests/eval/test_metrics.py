@@ -96,3 +96,19 @@ def test_wilson_interval_known_values():
   assert p["rate"] == 0.75 and p["k"] == 3 and p["n"] == 4
   with pytest.raises(ValueError):
     stats.wilson_interval(3, 2)
+
+
+def test_task_means_leave_negation_out_of_the_drawing_mean_and_report_both():
+  from unclip_jax.eval import compositional, prompts, report
+
+  rates = {"single": 0.8, "binding": 0.4, "counting": 0.6, "position": 0.2, "negation": 0.0}
+  assert set(rates) == set(prompts.TASKS)
+  tasks = {t: {s: {"accuracy": {"rate": r + (0.1 if s == "seen" else 0.0)}} for s in prompts.SPLITS}
+           for t, r in rates.items()}
+  overall = compositional.task_means(tasks)
+  assert overall["heldout"]["mean_over_tasks_without_negation"] == pytest.approx(0.5)
+  assert overall["heldout"]["mean_over_tasks"] == pytest.approx(0.4)
+  assert overall["seen"]["mean_over_tasks_without_negation"] == pytest.approx(0.6)
+  table = {r[1]: r for r in report.rows({"compositional": {"tasks": {}, "overall": overall, "num_per_cell": 7}})}
+  assert table["mean over single, binding, counting, position"][2:4] == ("0.6", "0.5")
+  assert table["mean over tasks, negation included"][3] == "0.4"

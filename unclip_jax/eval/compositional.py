@@ -36,6 +36,18 @@ def grid(images: np.ndarray, checks: list[dict], captions: list[str]) -> tuple:
   return images[:32], [c["pass"] for c in checks[:32]], captions[:32]
 
 
+def task_means(results: dict) -> dict:
+  """Per split, the mean accuracy over every task, and over the drawing tasks alone (single, binding, counting,
+  position: the demo's bar), since negation fails by design (no training caption negates)."""
+  overall = {}
+  for split in prompts.SPLITS:
+    rates = {t: results[t][split]["accuracy"]["rate"] for t in prompts.TASKS}
+    overall[split] = {"mean_over_tasks": float(np.mean(list(rates.values()))),
+                      "mean_over_tasks_without_negation": float(np.mean([r for t, r in rates.items()
+                                                                          if t != "negation"]))}
+  return overall
+
+
 def summarize(checks: list[dict], task: str) -> dict:
   out = {"accuracy": proportion(c["pass"] for c in checks),
          "clean": proportion(c["clean"] for c in checks),
@@ -66,12 +78,7 @@ def run(ctx) -> dict:
       cell["real_ceiling_dataset_rule"] = ceiling["dataset_rule"]
     results.setdefault(task, {})[split] = cell
     grids[f"{task}_{split}"] = grid(images, checks, captions)
-  overall = {}
-  for split in prompts.SPLITS:
-    rates = [results[t][split]["accuracy"]["rate"] for t in prompts.TASKS]
-    overall[split] = {"mean_over_tasks": float(np.mean(rates)),
-                      "mean_over_tasks_without_negation": float(np.mean(rates[:-1]))}
-  return {"tasks": results, "overall": overall, "num_per_cell": o.num, "notes": NOTES,
+  return {"tasks": results, "overall": task_means(results), "num_per_cell": o.num, "notes": NOTES,
           "detector": {"rule": "clean scene whose recognised objects are exactly the caption's",
                        **dataclasses.asdict(detector.DetectorConfig())},
           "_grids": grids}
