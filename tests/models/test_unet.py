@@ -136,3 +136,27 @@ def test_super_resolution_remat_gradients_match():
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   assert float(jnp.abs(g1["conv_in"]["kernel"]).max()) > 0
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 32), (3, 20, 16)])  # a feature map, and the attention's (B, L, C)
+def test_group_norm_matches_flax_and_folds_the_film(shape):
+  import flax.linen as nn
+
+  from unclip_jax.models.unet import GroupNorm
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(2.0, 3.0, size=shape), jnp.float32)  # an offset mean, as activations have
+  c = shape[-1]
+  ours, ref = GroupNorm(num_groups=8, epsilon=1e-5), nn.GroupNorm(num_groups=8, epsilon=1e-5)
+  params = {"params": {"scale": jnp.asarray(rng.normal(size=c), jnp.float32),
+                       "bias": jnp.asarray(rng.normal(size=c), jnp.float32)}}
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, ref.init(
+      jax.random.key(0), x))  # the same parameter names and shapes: checkpoints and converters stay valid
+  want = ref.apply(params, x)
+  np.testing.assert_allclose(ours.apply(params, x), want, atol=2e-5, rtol=2e-5)
+  scale, shift = (jnp.asarray(rng.normal(size=(shape[0], c)), jnp.float32) for _ in range(2))
+  ex = (slice(None),) + (None,) * (len(shape) - 2) + (slice(None),)
+  np.testing.assert_allclose(ours.apply(params, x, film=(scale, shift)), want * (1 + scale[ex]) + shift[ex],
+                             atol=2e-5, rtol=2e-5)
+  with pytest.raises(ValueError, match="groups"):
+    GroupNorm(num_groups=5).init(jax.random.key(0), x)
