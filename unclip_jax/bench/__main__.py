@@ -15,6 +15,7 @@ BENCHMARKS = {
     "peers": "unclip_jax.bench.peers",      # ours vs PyTorch (open_clip, diffusers), same architectures and weights
     "mfu": "unclip_jax.bench.mfu",          # each stage's train step: XLA FLOPs over the measured matmul peak
     "scaling": "unclip_jax.bench.scaling",  # a train step's throughput on 1, 2, 4, 8 devices
+    "profile": "unclip_jax.bench.profile",  # one train step's op time by kind (convolutions, matmuls, collectives...)
 }
 
 

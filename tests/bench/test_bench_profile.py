@@ -1,0 +1,88 @@
+"""`python -m unclip_jax.bench profile`: the HLO classifier and the trace arithmetic on hand-made inputs, and the
+CLI on the tiny decoder (wiring only; nothing is timed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from unclip_jax.bench import profile
+from unclip_jax.errors import UserError
+
+HLO = """HloModule jit_step, entry_computation_layout={()->f32[]}
+
+%fused_conv (param_0: f32[4,8,8,16], param_1: f32[3,3,16,32]) -> f32[4,8,8,32] {
+  %param_0 = f32[4,8,8,16]{3,2,1,0} parameter(0)
+  %param_1 = f32[3,3,16,32]{3,2,1,0} parameter(1)
+  ROOT %convolution.1 = f32[4,8,8,32]{3,2,1,0} convolution(%param_0, %param_1), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+}
+
+%fused_wgrad (param_0: f32[16,8,8,4], param_1: f32[4,8,8,32]) -> f32[16,3,3,32] {
+  %param_0 = f32[16,8,8,4]{3,2,1,0} parameter(0)
+  %param_1 = f32[4,8,8,32]{3,2,1,0} parameter(1)
+  ROOT %convolution.2 = f32[16,3,3,32]{3,2,1,0} convolution(%param_0, %param_1), window={size=8x8 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+}
+
+%outer (p: f32[4,8,8,16], q: f32[3,3,16,32]) -> f32[4,8,8,32] {
+  %p = f32[4,8,8,16]{3,2,1,0} parameter(0)
+  %q = f32[3,3,16,32]{3,2,1,0} parameter(1)
+  ROOT %inner = f32[4,8,8,32]{3,2,1,0} fusion(%p, %q), kind=kCustom, calls=%fused_conv
+}
+
+%fused_dot (a: f32[8,16], b: f32[16,4]) -> f32[8,4] {
+  %a = f32[8,16]{1,0} parameter(0)
+  %b = f32[16,4]{1,0} parameter(1)
+  ROOT %dot.1 = f32[8,4]{1,0} dot(%a, %b), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main (x: f32[4,8,8,16], w: f32[3,3,16,32]) -> (f32[4,8,8,32], f32[]) {
+  %x = f32[4,8,8,16]{3,2,1,0} parameter(0)
+  %w = f32[3,3,16,32]{3,2,1,0} parameter(1)
+  %conv_fusion.1 = f32[4,8,8,32]{3,2,1,0} fusion(%x, %w), kind=kCustom, calls=%outer
+  %wgrad_fusion = f32[16,3,3,32]{3,2,1,0} fusion(%x, %x), kind=kCustom, calls=%fused_wgrad
+  %dot_fusion = f32[8,4]{1,0} fusion(%x, %x), kind=kOutput, calls=%fused_dot
+  %transpose.3 = f32[32,3,3,16]{3,2,1,0} transpose(%w), dimensions={3,0,1,2}
+  %all-reduce.7 = (f32[8,4]{1,0}, f32[]) all-reduce(%dot_fusion, %x), channel_id=1, to_apply=%add
+  ROOT %add_fusion = f32[] fusion(%x), kind=kLoop, calls=%fused_add
+}
+"""
+
+
+def test_hlo_ops_are_sorted_into_kinds():
+  kinds = profile.classify_hlo(HLO)
+  assert kinds["conv_fusion.1"] == "convolution"  # through a fusion nested in a fusion
+  assert kinds["wgrad_fusion"] == "convolution: weights"  # its 8x8 window covers the 3x3 output
+  assert kinds["dot_fusion"] == "matmul"
+  assert kinds["transpose.3"] == "layout copies"
+  assert kinds["all-reduce.7"] == "collectives"  # a tuple-shaped result
+  assert kinds["add_fusion"] == "elementwise/reductions"
+
+
+def test_breakdown_counts_outermost_ops_and_moves_rendezvous_to_waiting():
+  kinds = {"conv": "convolution", "ar": "collectives", "inner": "elementwise/reductions"}
+  ev = lambda name, ts, dur, tid=1: {"name": name, "ts": ts, "dur": dur, "tid": tid, "ph": "X"}  # noqa: E731
+  events = [ev("conv", 0, 6000), ev("inner", 1000, 2000),  # nested: already inside conv's time
+            ev("ar", 7000, 4000), ev("Rendezvous", 7500, 3000),
+            ev("conv", 0, 2000, tid=2), ev("Rendezvous", 5000, 1000, tid=2)]  # a rendezvous outside a collective
+  out = profile.breakdown(events, kinds, steps=2)
+  ms = {r["kind"]: r["ms_per_step"] for r in out["kinds"]}
+  assert ms["convolution"] == pytest.approx(4.0) and ms["elementwise/reductions"] == 0.0
+  assert ms["collectives"] == pytest.approx(0.5) and ms["waiting"] == pytest.approx(1.5)
+  assert out["thread_ms_per_step"] == pytest.approx(6.0)
+  assert sum(r["share"] for r in out["kinds"]) == pytest.approx(1.0)
+  assert out["top_ops"][0] == {"op": "conv", "kind": "convolution", "ms_per_step": 4.0}
+
+
+def test_profile_cli_on_the_tiny_decoder(tmp_path, capsys):
+  out = tmp_path / "profile.json"
+  assert profile.main(["--preset", "tiny", "--stage", "decoder", "--steps", "1", "--batch", "8", "--top", "3",
+                       "--json", str(out)]) == 0
+  report = json.loads(out.read_text())
+  ms = {r["kind"]: r["ms_per_step"] for r in report["kinds"]}
+  assert set(ms) == set(profile.KINDS)
+  assert ms["convolution"] > 0 and ms["convolution: weights"] > 0 and ms["elementwise/reductions"] > 0
+  assert len(report["top_ops"]) == 3 and report["wall_ms_per_step"] > 0
+  assert "convolution: weights" in capsys.readouterr().out
+  with pytest.raises(UserError, match="--steps"):
+    profile.main(["--steps", "0"])

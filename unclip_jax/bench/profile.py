@@ -1,0 +1,226 @@
+"""`python -m unclip_jax.bench profile`: where one stage's train step spends its time, by kind of work.
+
+    python -m unclip_jax.bench profile [--preset cpu|tiny|karlo] [--stage decoder] [--steps 3] [--top 12]
+
+Runs the train step that `bench mfu` times (the trainer's pmapped step on random weights, all local
+devices) under `jax.profiler.trace`, reads the trace's per-op events and sorts each op of the compiled
+program (XLA's optimised HLO) into one kind:
+
+  convolution              convolutions whose window is a kernel: forward passes and input gradients
+  convolution: weights     convolutions whose window covers the feature map: the weight gradients
+  matmul                   dots (dense layers, attention)
+  collectives              all-reduce and friends (the gradient mean across devices)
+  waiting                  time inside a collective spent waiting for the other devices (rendezvous)
+  layout copies            transposes and copies
+  elementwise/reductions   every other op: normalisation, activations, the optimizer and EMA updates
+
+A fusion counts as a convolution or matmul when its fused computation holds one. Times are thread time
+summed over the devices, per step; with one thread per device their sum over the wall time per step says
+how busy the cores were. A kind that takes a large share at low FLOPs is what stands between the step
+and the matmul peak (`bench mfu`): that is the profile the speed issue asks for where we trail PyTorch.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import math
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from unclip_jax.errors import ArgumentParser, UserError
+
+KINDS = ("convolution", "convolution: weights", "matmul", "collectives", "waiting", "layout copies",
+         "elementwise/reductions")
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
+WAIT_EVENT = "Rendezvous"  # the profiler's event for a device waiting inside a collective
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_SHAPE = re.compile(r"^[a-z]\w*\[([\d,]*)\]")
+_WINDOW = re.compile(r"window=\{size=([\dx]+)")
+_LABELS = re.compile(r"dim_labels=\w+_\w+->(\w+)")
+
+
+def _opcode(rest: str) -> tuple[str, str]:
+  """(output shape text, opcode) of an instruction's right-hand side: 'f32[2]{0} add(...)' → (..., 'add')."""
+  depth, i = 0, 0
+  if rest.startswith("("):  # a tuple shape
+    for i, ch in enumerate(rest):
+      depth += ch == "("
+      depth -= ch == ")"
+      if depth == 0:
+        break
+    shape, tail = rest[:i + 1], rest[i + 1:].lstrip()
+  else:
+    shape, _, tail = rest.partition(" ")
+  return shape, tail.split("(", 1)[0].strip()
+
+
+def _conv_kind(shape: str, line: str) -> str:
+  """A convolution's kind: its window larger than its output's spatial extent means it sums over the
+  feature map, i.e. a weight gradient (a patch-embedding conv's window is smaller than its output)."""
+  window, labels, dims = _WINDOW.search(line), _LABELS.search(line), _SHAPE.match(shape)
+  if not (window and labels and dims):
+    return "convolution"
+  sizes = [int(d) for d in dims.group(1).split(",") if d]
+  spatial = [sizes[i] for i, c in enumerate(labels.group(1)) if c.isdigit() and i < len(sizes)]
+  win = [int(w) for w in window.group(1).split("x")]
+  return "convolution: weights" if math.prod(win) > math.prod(spatial) else "convolution"
+
+
+def classify_hlo(text: str) -> dict[str, str]:
+  """Every instruction of an optimised HLO module (its text) → its kind (see the module docstring)."""
+  computations: dict[str, list[tuple[str, str, str, str]]] = {}
+  current = None
+  for line in text.splitlines():
+    if not line.startswith(" "):  # a computation's header or its closing brace
+      head = _COMPUTATION.match(line)
+      current = computations.setdefault(head.group(1), []) if head else None
+      continue
+    m = _INSTRUCTION.match(line)
+    if current is not None and m:
+      shape, op = _opcode(m.group(2))
+      current.append((m.group(1), shape, op, line))
+
+  def own_kind(shape: str, op: str, line: str) -> str | None:
+    if op == "convolution":
+      return _conv_kind(shape, line)
+    if op == "dot":
+      return "matmul"
+    if any(op.startswith(c) for c in COLLECTIVES):
+      return "collectives"
+    return None
+
+  inner: dict[str, str | None] = {}
+
+  def computation_kind(name: str, seen=()) -> str | None:
+    """The heaviest kind inside a fused computation (convolution > matmul), None if neither."""
+    if name in inner:
+      return inner[name]
+    found = None
+    for _, shape, op, line in computations.get(name, []):
+      kind = own_kind(shape, op, line)
+      if kind is None and (call := _CALLS.search(line)) and call.group(1) not in seen:
+        kind = computation_kind(call.group(1), seen + (name,))
+      if kind and kind.startswith("convolution"):
+        found = kind
+        break
+      found = found or kind
+    inner[name] = found
+    return found
+
+  kinds = {}
+  for comp in computations.values():
+    for name, shape, op, line in comp:
+      kind = own_kind(shape, op, line)
+      if kind is None and op == "fusion" and (call := _CALLS.search(line)):
+        kind = computation_kind(call.group(1))
+      if kind is None:
+        kind = "layout copies" if op in ("transpose", "copy") or name.startswith(("transpose", "copy")) \
+            else "elementwise/reductions"
+      kinds[name] = kind
+  return kinds
+
+
+def trace_events(folder: str | Path) -> list[dict]:
+  """The complete ('X') events of the perfetto trace `jax.profiler.trace` wrote under `folder`."""
+  files = sorted(Path(folder).rglob("perfetto_trace.json.gz"))
+  if not files:
+    raise UserError(f"the profiler wrote no perfetto trace under {folder} (this jax has no perfetto export)")
+  data = json.loads(gzip.open(files[-1]).read())
+  events = data["traceEvents"] if isinstance(data, dict) else data
+  return [e for e in events if e.get("ph") == "X"]
+
+
+def breakdown(events: list[dict], kinds: dict[str, str], steps: int) -> dict:
+  """Thread milliseconds per step by kind, and the heaviest ops, from the trace's events.
+
+  Only outermost op events count (a loop's body ops run inside its own event). The time a collective
+  spends in a rendezvous, waiting for the other devices to arrive, moves from "collectives" to "waiting"."""
+  per_kind: collections.Counter = collections.Counter()
+  per_op: collections.Counter = collections.Counter()
+  by_thread = collections.defaultdict(list)
+  for e in events:
+    by_thread[e.get("tid")].append(e)
+  for thread in by_thread.values():
+    thread.sort(key=lambda e: (float(e.get("ts", 0.0)), -float(e.get("dur", 0.0))))
+    end, in_collective = float("-inf"), False
+    for e in thread:
+      name, ts, dur = str(e.get("name", "")), float(e.get("ts", 0.0)), float(e.get("dur", 0.0))
+      if name in kinds and ts >= end:
+        end, in_collective = ts + dur, kinds[name] == "collectives"
+        per_kind[kinds[name]] += dur / 1000.0
+        per_op[name] += dur / 1000.0
+      elif name == WAIT_EVENT and in_collective and ts + dur <= end:
+        per_kind["waiting"] += dur / 1000.0
+        per_kind["collectives"] -= dur / 1000.0
+  total = sum(per_kind.values())
+  rows = [{"kind": k, "ms_per_step": per_kind[k] / steps, "share": per_kind[k] / total if total else 0.0}
+          for k in KINDS]
+  top = [{"op": op, "kind": kinds[op], "ms_per_step": ms / steps} for op, ms in per_op.most_common()]
+  return {"kinds": rows, "thread_ms_per_step": total / steps, "top_ops": top}
+
+
+def run(preset: str, stage: str, steps: int, batch: int | None, top: int, log=print) -> dict:
+  import jax
+
+  from unclip_jax.bench import mfu
+
+  devices = jax.local_devices()
+  config = mfu.stage_config(stage, preset, batch)
+  runner = mfu.StepRunner(config, devices)
+  kinds = classify_hlo(runner.step.lower(runner.state, runner.batch).compile().as_text())
+  runner()  # compile and warm up outside the trace
+  runner()
+  with tempfile.TemporaryDirectory() as folder:
+    with jax.profiler.trace(folder, create_perfetto_trace=True):
+      start = time.perf_counter()
+      for _ in range(steps):
+        runner()
+      wall = (time.perf_counter() - start) / steps
+    result = breakdown(trace_events(folder), kinds, steps)
+  if not result["thread_ms_per_step"]:
+    raise UserError("the trace holds no events of the compiled step's ops (this jax's profiler does not record "
+                    "XLA ops on this backend)")
+  log(f"{stage} train step ({preset}, global batch {int(config.train.batch_size)}, {len(devices)} x "
+      f"{devices[0].platform}): {1000 * wall:.1f} ms wall per step (traced), "
+      f"{result['thread_ms_per_step']:.1f} ms of op time over the devices")
+  for row in result["kinds"]:
+    log(f"  {row['kind']:24s} {row['ms_per_step']:9.1f} ms  {100 * row['share']:5.1f}%")
+  log("  heaviest ops (ms per step, summed over devices; a collective's time includes its waiting):")
+  for row in result["top_ops"][:top]:
+    log(f"    {row['ms_per_step']:8.1f}  {row['kind']:24s} {row['op']}")
+  result["top_ops"] = result["top_ops"][:top]
+  return {"benchmark": "profile", "preset": preset, "stage": stage, "devices": len(devices),
+          "backend": jax.default_backend(), "jax": jax.__version__, "global_batch": int(config.train.batch_size),
+          "wall_ms_per_step": 1000 * wall, **result}
+
+
+def _parse(argv):
+  from unclip_jax.bench.mfu import PRESETS, STAGES
+
+  p = ArgumentParser(prog="python -m unclip_jax.bench profile", description=__doc__.splitlines()[0])
+  p.add_argument("--preset", default="cpu", choices=tuple(PRESETS))
+  p.add_argument("--stage", default="decoder", choices=STAGES)
+  p.add_argument("--steps", type=int, default=3, help="traced steps after warm-up")
+  p.add_argument("--batch", type=int, default=None, help="global batch (default: the preset's)")
+  p.add_argument("--top", type=int, default=12, help="how many of the heaviest ops to list")
+  p.add_argument("--json", default=None, help="also write the results to this JSON file")
+  return p.parse_args(argv)
+
+
+def main(argv) -> int:
+  args = _parse(list(argv))
+  if args.steps < 1 or args.top < 0 or (args.batch is not None and args.batch < 1):
+    raise UserError("--steps and --batch must be positive and --top at least 0")
+  report = run(args.preset, args.stage, args.steps, args.batch, args.top)
+  if args.json:
+    from unclip_jax.io import write_text_atomic
+
+    write_text_atomic(args.json, json.dumps(report, indent=2))
+  return 0
