@@ -1,5 +1,5 @@
 """`python -m unclip_jax.bench profile`: the HLO classifier and the trace arithmetic on hand-made inputs, and the
-CLI on the tiny decoder (wiring only; nothing is timed)."""
+CLI on the tiny decoder's train step and a tiny pipeline's sampling (wiring only; nothing is timed)."""
 
 from __future__ import annotations
 
@@ -59,19 +59,19 @@ def test_hlo_ops_are_sorted_into_kinds():
   assert kinds["add_fusion"] == "elementwise/reductions"
 
 
-def test_breakdown_counts_outermost_ops_and_moves_rendezvous_to_waiting():
-  kinds = {"conv": "convolution", "ar": "collectives", "inner": "elementwise/reductions"}
+def test_breakdown_counts_innermost_ops_and_moves_rendezvous_to_waiting():
+  kinds = {"while.1": "elementwise/reductions", "conv": "convolution", "ar": "collectives"}
   ev = lambda name, ts, dur, tid=1: {"name": name, "ts": ts, "dur": dur, "tid": tid, "ph": "X"}  # noqa: E731
-  events = [ev("conv", 0, 6000), ev("inner", 1000, 2000),  # nested: already inside conv's time
+  events = [ev("while.1", 0, 6500), ev("conv", 500, 2000), ev("conv", 3000, 2000),  # a loop: its body counts
             ev("ar", 7000, 4000), ev("Rendezvous", 7500, 3000),
             ev("conv", 0, 2000, tid=2), ev("Rendezvous", 5000, 1000, tid=2)]  # a rendezvous outside a collective
   out = profile.breakdown(events, kinds, steps=2)
   ms = {r["kind"]: r["ms_per_step"] for r in out["kinds"]}
-  assert ms["convolution"] == pytest.approx(4.0) and ms["elementwise/reductions"] == 0.0
+  assert ms["convolution"] == pytest.approx(3.0) and ms["elementwise/reductions"] == 0.0
   assert ms["collectives"] == pytest.approx(0.5) and ms["waiting"] == pytest.approx(1.5)
-  assert out["thread_ms_per_step"] == pytest.approx(6.0)
+  assert out["thread_ms_per_step"] == pytest.approx(5.0)
   assert sum(r["share"] for r in out["kinds"]) == pytest.approx(1.0)
-  assert out["top_ops"][0] == {"op": "conv", "kind": "convolution", "ms_per_step": 4.0}
+  assert out["top_ops"][0] == {"op": "conv", "kind": "convolution", "ms_per_step": 3.0}
 
 
 def test_profile_cli_on_the_tiny_decoder(tmp_path, capsys):
@@ -86,3 +86,14 @@ def test_profile_cli_on_the_tiny_decoder(tmp_path, capsys):
   assert "convolution: weights" in capsys.readouterr().out
   with pytest.raises(UserError, match="--steps"):
     profile.main(["--steps", "0"])
+
+
+def test_profile_cli_on_a_sampling_call(pipe_dir, tmp_path):
+  out = tmp_path / "sample.json"
+  assert profile.main(["--program", "sample", "--checkpoint", str(pipe_dir), "--batch", "2", "--steps", "1",
+                       "--json", str(out)]) == 0
+  report = json.loads(out.read_text())
+  ms = {r["kind"]: r["ms_per_step"] for r in report["kinds"]}
+  assert report["program"] == "sample" and report["wall_ms_per_call"] > 0
+  assert ms["convolution"] > 0 and ms["convolution: weights"] == 0.0  # sampling computes no gradients
+  assert not any(r["op"].startswith("while") for r in report["top_ops"])  # the scans' bodies are counted

@@ -1,10 +1,13 @@
-"""`python -m unclip_jax.bench profile`: where one stage's train step spends its time, by kind of work.
+"""`python -m unclip_jax.bench profile`: where a train step or a sampling call spends its time, by kind of work.
 
     python -m unclip_jax.bench profile [--preset cpu|tiny|karlo] [--stage decoder] [--steps 3] [--top 12]
+    python -m unclip_jax.bench profile --program sample [--checkpoint DIR] [--batch 4]
 
-Runs the train step that `bench mfu` times (the trainer's pmapped step on random weights, all local
-devices) under `jax.profiler.trace`, reads the trace's per-op events and sorts each op of the compiled
-program (XLA's optimised HLO) into one kind:
+`--program train` (the default) runs the train step that `bench mfu` times (the trainer's pmapped step on
+random weights, all local devices); `--program sample` runs what `python -m unclip_jax.sample` runs, text to
+images in one compiled program, on a pipeline folder (default: the packaged demo), `--batch` prompts per
+call. Either runs under `jax.profiler.trace`; the trace's per-op events are matched to the compiled
+programs (XLA's optimised HLO) and each op is sorted into one kind:
 
   convolution              convolutions whose window is a kernel: forward passes and input gradients
   convolution: weights     convolutions whose window covers the feature map: the weight gradients
@@ -15,7 +18,7 @@ program (XLA's optimised HLO) into one kind:
   elementwise/reductions   every other op: normalisation, activations, the optimizer and EMA updates
 
 A fusion counts as a convolution or matmul when its fused computation holds one. Times are thread time
-summed over the devices, per step; with one thread per device their sum over the wall time per step says
+summed over the devices, per step (per call for sampling); with one thread per device their sum over the wall time per step says
 how busy the cores were. A kind that takes a large share at low FLOPs is what stands between the step
 and the matmul peak (`bench mfu`): that is the profile the speed issue asks for where we trail PyTorch.
 """
@@ -140,23 +143,31 @@ def trace_events(folder: str | Path) -> list[dict]:
 def breakdown(events: list[dict], kinds: dict[str, str], steps: int) -> dict:
   """Thread milliseconds per step by kind, and the heaviest ops, from the trace's events.
 
-  Only outermost op events count (a loop's body ops run inside its own event). The time a collective
-  spends in a rendezvous, waiting for the other devices to arrive, moves from "collectives" to "waiting"."""
+  Only innermost op events count: a loop's event (a sampler's `lax.scan`) holds its body's ops, which count
+  themselves. The time a collective spends in a rendezvous, waiting for the other devices to arrive, moves
+  from "collectives" to "waiting"."""
   per_kind: collections.Counter = collections.Counter()
   per_op: collections.Counter = collections.Counter()
   by_thread = collections.defaultdict(list)
   for e in events:
     by_thread[e.get("tid")].append(e)
+  span = lambda e: (float(e.get("ts", 0.0)), float(e.get("dur", 0.0)))  # noqa: E731
   for thread in by_thread.values():
-    thread.sort(key=lambda e: (float(e.get("ts", 0.0)), -float(e.get("dur", 0.0))))
-    end, in_collective = float("-inf"), False
+    thread.sort(key=lambda e: (span(e)[0], -span(e)[1]))
+    ops = [e for e in thread if str(e.get("name", "")) in kinds]
+    collective_spans = []
+    for e, after in zip(ops, ops[1:] + [None]):
+      ts, dur = span(e)
+      if after is not None and span(after)[0] < ts + dur:  # it holds another op: count that one instead
+        continue
+      name = str(e["name"])
+      per_kind[kinds[name]] += dur / 1000.0
+      per_op[name] += dur / 1000.0
+      if kinds[name] == "collectives":
+        collective_spans.append((ts, ts + dur))
     for e in thread:
-      name, ts, dur = str(e.get("name", "")), float(e.get("ts", 0.0)), float(e.get("dur", 0.0))
-      if name in kinds and ts >= end:
-        end, in_collective = ts + dur, kinds[name] == "collectives"
-        per_kind[kinds[name]] += dur / 1000.0
-        per_op[name] += dur / 1000.0
-      elif name == WAIT_EVENT and in_collective and ts + dur <= end:
+      ts, dur = span(e)
+      if e.get("name") == WAIT_EVENT and any(lo <= ts and ts + dur <= hi for lo, hi in collective_spans):
         per_kind["waiting"] += dur / 1000.0
         per_kind["collectives"] -= dur / 1000.0
   total = sum(per_kind.values())
@@ -166,7 +177,35 @@ def breakdown(events: list[dict], kinds: dict[str, str], steps: int) -> dict:
   return {"kinds": rows, "thread_ms_per_step": total / steps, "top_ops": top}
 
 
+def _traced(fn, calls: int, kinds: dict[str, str]) -> tuple[dict, float]:
+  """`fn` run `calls` times under the profiler: (breakdown per call, wall seconds per call)."""
+  import jax
+
+  with tempfile.TemporaryDirectory() as folder:
+    with jax.profiler.trace(folder, create_perfetto_trace=True):
+      start = time.perf_counter()
+      for _ in range(calls):
+        fn()
+      wall = (time.perf_counter() - start) / calls
+    result = breakdown(trace_events(folder), kinds, calls)
+  if not result["thread_ms_per_step"]:
+    raise UserError("the trace holds no events of the compiled program's ops (this jax's profiler does not "
+                    "record XLA ops on this backend)")
+  return result, wall
+
+
+def _report(title: str, wall: float, result: dict, top: int, unit: str, log) -> None:
+  log(f"{title}: {1000 * wall:.1f} ms wall per {unit} (traced), {result['thread_ms_per_step']:.1f} ms of op time "
+      "over the devices")
+  for row in result["kinds"]:
+    log(f"  {row['kind']:24s} {row['ms_per_step']:9.1f} ms  {100 * row['share']:5.1f}%")
+  log(f"  heaviest ops (ms per {unit}, summed over devices; a collective's time includes its waiting):")
+  for row in result["top_ops"][:top]:
+    log(f"    {row['ms_per_step']:8.1f}  {row['kind']:24s} {row['op']}")
+
+
 def run(preset: str, stage: str, steps: int, batch: int | None, top: int, log=print) -> dict:
+  """The train step of `stage` at `preset` sizes (`bench mfu`'s), profiled over `steps` steps."""
   import jax
 
   from unclip_jax.bench import mfu
@@ -177,38 +216,56 @@ def run(preset: str, stage: str, steps: int, batch: int | None, top: int, log=pr
   kinds = classify_hlo(runner.step.lower(runner.state, runner.batch).compile().as_text())
   runner()  # compile and warm up outside the trace
   runner()
-  with tempfile.TemporaryDirectory() as folder:
-    with jax.profiler.trace(folder, create_perfetto_trace=True):
-      start = time.perf_counter()
-      for _ in range(steps):
-        runner()
-      wall = (time.perf_counter() - start) / steps
-    result = breakdown(trace_events(folder), kinds, steps)
-  if not result["thread_ms_per_step"]:
-    raise UserError("the trace holds no events of the compiled step's ops (this jax's profiler does not record "
-                    "XLA ops on this backend)")
-  log(f"{stage} train step ({preset}, global batch {int(config.train.batch_size)}, {len(devices)} x "
-      f"{devices[0].platform}): {1000 * wall:.1f} ms wall per step (traced), "
-      f"{result['thread_ms_per_step']:.1f} ms of op time over the devices")
-  for row in result["kinds"]:
-    log(f"  {row['kind']:24s} {row['ms_per_step']:9.1f} ms  {100 * row['share']:5.1f}%")
-  log("  heaviest ops (ms per step, summed over devices; a collective's time includes its waiting):")
-  for row in result["top_ops"][:top]:
-    log(f"    {row['ms_per_step']:8.1f}  {row['kind']:24s} {row['op']}")
+  result, wall = _traced(runner, steps, kinds)
+  _report(f"{stage} train step ({preset}, global batch {int(config.train.batch_size)}, {len(devices)} x "
+          f"{devices[0].platform})", wall, result, top, "step", log)
   result["top_ops"] = result["top_ops"][:top]
-  return {"benchmark": "profile", "preset": preset, "stage": stage, "devices": len(devices),
+  return {"benchmark": "profile", "program": "train", "preset": preset, "stage": stage, "devices": len(devices),
           "backend": jax.default_backend(), "jax": jax.__version__, "global_batch": int(config.train.batch_size),
           "wall_ms_per_step": 1000 * wall, **result}
+
+
+def run_sample(checkpoint: str | None, batch: int, calls: int, top: int, log=print) -> dict:
+  """Text → images on a pipeline folder (the packaged demo by default), `batch` prompts per call, with the
+  pipeline's own sampling settings, profiled over `calls` calls after one that compiles."""
+  import jax
+
+  from unclip_jax.pipeline import Pipeline
+  from unclip_jax.pipeline.folder import default_pipeline
+
+  folder = checkpoint or default_pipeline()
+  pipe = Pipeline.load(folder, log=lambda message: None)
+  settings = pipe.settings()
+  prompts = ["a red circle above a blue square"] * batch
+  generate = lambda: pipe.generate(prompts, list(range(batch)), settings)  # noqa: E731
+  generate()  # compiles
+  kinds = {}
+  for executable in pipe.runner.compiled.values():
+    if hasattr(executable, "as_text"):
+      kinds.update(classify_hlo(executable.as_text()))
+  result, wall = _traced(generate, calls, kinds)
+  steps = " → ".join(f"{s} {v.steps}" for s, v in settings.items())
+  devices = jax.local_devices()
+  _report(f"sampling {folder} ({steps}; {batch} prompts, {len(devices)} x {devices[0].platform})", wall, result,
+          top, "call", log)
+  result["top_ops"] = result["top_ops"][:top]
+  return {"benchmark": "profile", "program": "sample", "checkpoint": str(folder), "batch": batch,
+          "devices": len(devices), "backend": jax.default_backend(), "jax": jax.__version__,
+          "settings": {k: v.to_dict() for k, v in settings.items()}, "wall_ms_per_call": 1000 * wall, **result}
 
 
 def _parse(argv):
   from unclip_jax.bench.mfu import PRESETS, STAGES
 
   p = ArgumentParser(prog="python -m unclip_jax.bench profile", description=__doc__.splitlines()[0])
-  p.add_argument("--preset", default="cpu", choices=tuple(PRESETS))
-  p.add_argument("--stage", default="decoder", choices=STAGES)
-  p.add_argument("--steps", type=int, default=3, help="traced steps after warm-up")
-  p.add_argument("--batch", type=int, default=None, help="global batch (default: the preset's)")
+  p.add_argument("--program", default="train", choices=("train", "sample"),
+                 help="a stage's train step, or text → images on a pipeline folder")
+  p.add_argument("--preset", default="cpu", choices=tuple(PRESETS), help="train: the model sizes (bench mfu's)")
+  p.add_argument("--stage", default="decoder", choices=STAGES, help="train: which stage")
+  p.add_argument("--checkpoint", default=None, help="sample: a pipeline folder (default: the packaged demo)")
+  p.add_argument("--steps", type=int, default=3, help="traced train steps, or sampling calls, after warm-up")
+  p.add_argument("--batch", type=int, default=None,
+                 help="train: the global batch (default: the preset's); sample: prompts per call (default 4)")
   p.add_argument("--top", type=int, default=12, help="how many of the heaviest ops to list")
   p.add_argument("--json", default=None, help="also write the results to this JSON file")
   return p.parse_args(argv)
@@ -218,7 +275,10 @@ def main(argv) -> int:
   args = _parse(list(argv))
   if args.steps < 1 or args.top < 0 or (args.batch is not None and args.batch < 1):
     raise UserError("--steps and --batch must be positive and --top at least 0")
-  report = run(args.preset, args.stage, args.steps, args.batch, args.top)
+  if args.program == "sample":
+    report = run_sample(args.checkpoint, args.batch or 4, args.steps, args.top)
+  else:
+    report = run(args.preset, args.stage, args.steps, args.batch, args.top)
   if args.json:
     from unclip_jax.io import write_text_atomic
 
