@@ -18,8 +18,8 @@ programs (XLA's optimised HLO) and each op is sorted into one kind:
   elementwise/reductions   every other op: normalisation, activations, the optimizer and EMA updates
 
 A fusion counts as a convolution or matmul when its fused computation holds one. Times are thread time
-summed over the devices, per step (per call for sampling); with one thread per device their sum over the wall time per step says
-how busy the cores were. A kind that takes a large share at low FLOPs is what stands between the step
+summed over the devices, per step (per call for sampling); with one thread per device, their sum over the
+wall time says how busy the cores were. A kind that takes a large share at low FLOPs is what stands between the step
 and the matmul peak (`bench mfu`): that is the profile the speed issue asks for where we trail PyTorch.
 """
 
@@ -213,8 +213,10 @@ def run(preset: str, stage: str, steps: int, batch: int | None, top: int, log=pr
   devices = jax.local_devices()
   config = mfu.stage_config(stage, preset, batch)
   runner = mfu.StepRunner(config, devices)
-  kinds = classify_hlo(runner.step.lower(runner.state, runner.batch).compile().as_text())
-  runner()  # compile and warm up outside the trace
+  # Run the very executable whose HLO is classified (its op names are the trace's), compiled once.
+  runner.step = runner.step.lower(runner.state, runner.batch).compile()
+  kinds = classify_hlo(runner.step.as_text())
+  runner()  # warm up outside the trace
   runner()
   result, wall = _traced(runner, steps, kinds)
   _report(f"{stage} train step ({preset}, global batch {int(config.train.batch_size)}, {len(devices)} x "
