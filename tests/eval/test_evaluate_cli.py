@@ -10,6 +10,7 @@ import math
 import pytest
 
 from unclip_jax import evaluate
+from unclip_jax.data import shapes
 from unclip_jax.errors import run_cli
 from unclip_jax.eval import SUITES, clip_eval, features
 
@@ -72,6 +73,10 @@ def test_every_suite_end_to_end(pipe, tmp_path, capsys, monkeypatch):
       if task != "position":  # (GenEval's rule can reject a real relation scene)
         assert cell["real_ceiling"]["rate"] == 1.0, (task, split)
       assert (out / "grids" / f"compositional_{task}_{split}.png").is_file()
+  heldout_single = comp["tasks"]["single"]["heldout"]["by_object"]
+  assert set(heldout_single) <= {f"{c} {s}" for c, s in shapes.HELDOUT_OBJECTS}
+  assert sum(p["n"] for p in heldout_single.values()) == 2
+  assert "| compositional | single, per held-out pair |" in table
 
   stages = results["stages"]
   assert stages["task"] == "single" and not stages["skipped"]
@@ -80,6 +85,7 @@ def test_every_suite_end_to_end(pipe, tmp_path, capsys, monkeypatch):
     for row in ("decoder_from_true_embedding", "upsampler_from_true_image"):
       assert cell[row]["n"] == 2 and cell[row]["k"] == 0, (row, split)  # random weights: noise
       assert (out / "grids" / f"stages_{row}_{split}.png").is_file()
+    assert sum(p["n"] for p in cell["decoder_from_true_embedding_by_object"].values()) == 2
 
   fd = results["fd"]
   assert fd["generated_vs_real"]["fd"] > fd["real_vs_real_floor"]["fd"] >= -1e-6

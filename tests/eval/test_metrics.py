@@ -112,3 +112,24 @@ def test_task_means_leave_negation_out_of_the_drawing_mean_and_report_both():
   table = {r[1]: r for r in report.rows({"compositional": {"tasks": {}, "overall": overall, "num_per_cell": 7}})}
   assert table["mean over single, binding, counting, position"][2:4] == ("0.6", "0.5")
   assert table["mean over tasks, negation included"][3] == "0.4"
+
+
+def test_single_object_accuracy_is_also_reported_per_named_pair():
+  from unclip_jax.eval import compositional, report
+
+  captions = ["a orange circle", "a white square", "a orange circle", "a orange circle", "a white square"]
+  checks = [{"pass": p, "clean": True, "objects": p} for p in (False, True, True, False, True)]
+  cell = compositional.summarize(checks, "single", captions)
+  assert list(cell["by_object"]) == ["orange circle", "white square"]
+  assert (cell["by_object"]["orange circle"]["k"], cell["by_object"]["orange circle"]["n"]) == (1, 3)
+  assert cell["by_object"]["white square"]["rate"] == 1.0
+  assert "by_object" not in compositional.summarize(checks, "binding", captions)
+  with pytest.raises(ValueError, match="outside the shapes grammar"):
+    compositional.by_object(checks[:1], ["an orange circle"])
+  empty = {"accuracy": cell["accuracy"], "real_ceiling": cell["accuracy"]}
+  results = {"compositional": {"tasks": {"single": {"seen": empty, "heldout": cell | {"real_ceiling": cell["accuracy"]}}},
+                               "overall": {"seen": {"mean_over_tasks": 1.0, "mean_over_tasks_without_negation": 1.0},
+                                           "heldout": {"mean_over_tasks": 0.6, "mean_over_tasks_without_negation": 0.6}},
+                               "num_per_cell": 5}}
+  table = {r[1]: r for r in report.rows(results)}
+  assert table["single, per held-out pair"][3] == "orange circle 1/3, white square 2/2"

@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 
+from unclip_jax.data import shapes
 from unclip_jax.eval import detector, prompts
 from unclip_jax.eval.images import resize
 from unclip_jax.eval.stats import proportion
@@ -48,10 +49,23 @@ def task_means(results: dict) -> dict:
   return overall
 
 
-def summarize(checks: list[dict], task: str) -> dict:
+def by_object(checks: list[dict], captions: list[str]) -> dict:
+  """Single-object accuracy per named (colour, shape), e.g. {"orange circle": proportion}. The held-out split
+  has only three pairs, so its one rate cannot tell one pair never drawn from three drawn half the time."""
+  groups: dict[str, list[bool]] = {}
+  for check, caption in zip(checks, captions, strict=True):
+    ((color, shape),) = shapes.parse_caption(caption)["objects"]
+    groups.setdefault(f"{color} {shape}", []).append(check["pass"])
+  return {name: proportion(flags) for name, flags in sorted(groups.items())}
+
+
+def summarize(checks: list[dict], task: str, captions: list[str] | None = None) -> dict:
+  """The cell's rates; for single objects with `captions`, also the accuracy per named pair (`by_object`)."""
   out = {"accuracy": proportion(c["pass"] for c in checks),
          "clean": proportion(c["clean"] for c in checks),
          "objects_exact": proportion(c["objects"] for c in checks)}
+  if task == "single" and captions is not None:
+    out["by_object"] = by_object(checks, captions)
   if task == "position":
     out["dataset_rule"] = proportion(bool(c["objects"] and c["relation_dataset"]) for c in checks)
   if task == "negation":
@@ -71,7 +85,7 @@ def run(ctx) -> dict:
     captions, real, _ = sets[(task, split)]
     images = all_images[i * o.num:(i + 1) * o.num]
     checks = grade(images, captions)
-    cell = summarize(checks, task)
+    cell = summarize(checks, task, captions)
     ceiling = summarize(grade(real, captions), task)
     cell["real_ceiling"] = ceiling["accuracy"]
     if task == "position":

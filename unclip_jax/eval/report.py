@@ -33,6 +33,11 @@ def _signed(summary: dict) -> str:
   return f"{summary['mean']:+.3f} ± {summary['sem']:.3f}"
 
 
+def _by_object(groups: dict | None) -> str:
+  """{"orange circle": proportion, ...} → "orange circle 3/13, purple triangle 8/9"."""
+  return ", ".join(f"{name} {p['k']}/{p['n']}" for name, p in (groups or {}).items())
+
+
 def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
   """(suite, metric, seen, held-out, reference) rows for every suite present in `results`."""
   out = []
@@ -42,6 +47,9 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
       s, h = cells["seen"], cells["heldout"]
       out.append(("compositional", f"{task} accuracy", _p(s["accuracy"]), _p(h["accuracy"]),
                   f"real {_p(s['real_ceiling'])} / {_p(h['real_ceiling'])}"))
+      if task == "single" and "by_object" in h:
+        out.append(("compositional", "single, per held-out pair", "", _by_object(h["by_object"]),
+                    "which unseen pairs are drawn"))
       if task == "position":
         out.append(("compositional", "position, dataset rule", _p(s["dataset_rule"]), _p(h["dataset_rule"]),
                     f"real {_p(s['real_ceiling_dataset_rule'])} / {_p(h['real_ceiling_dataset_rule'])}"))
@@ -64,6 +72,9 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
         s, h = st["splits"]["seen"], st["splits"]["heldout"]
         out.append(("stages", f"{st['task']} accuracy, {name}", _p(s[key]), _p(h[key]),
                     f"real {_p(s['real_ceiling'])} / {_p(h['real_ceiling'])}"))
+        if f"{key}_by_object" in h:
+          out.append(("stages", f"{st['task']}, {name}, per held-out pair", "", _by_object(h[f"{key}_by_object"]),
+                      "which unseen pairs are drawn"))
   f = results.get("fd")
   if f:
     g, fl = f["generated_vs_real"], f["real_vs_real_floor"]

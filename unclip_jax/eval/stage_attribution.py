@@ -59,7 +59,9 @@ def run(ctx) -> dict:
       embeds = pipe.encode_images(at_clip_size, batch=o.batch)
       images = pipe.decode_embeddings(embeds, seeds, settings, prompts=captions, batch=o.batch)["images"]
       checks = compositional.grade(images, captions)
-      cell["decoder_from_true_embedding"] = compositional.summarize(checks, TASK)["accuracy"]
+      summary = compositional.summarize(checks, TASK, captions)
+      cell["decoder_from_true_embedding"] = summary["accuracy"]
+      cell["decoder_from_true_embedding_by_object"] = summary["by_object"]
       grids[f"decoder_from_true_embedding_{split}"] = compositional.grid(images, checks, captions)
     if pipe.srs:
       small = _renders(captions, real, split, o, pipe.image_size).astype(np.float32) / 127.5 - 1.0
