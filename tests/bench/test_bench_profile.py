@@ -74,6 +74,21 @@ def test_breakdown_counts_innermost_ops_and_moves_rendezvous_to_waiting():
   assert out["top_ops"][0] == {"op": "conv", "kind": "convolution", "ms_per_step": 3.0}
 
 
+def test_idle_counts_the_gaps_between_a_busy_threads_ops_only():
+  kinds = {"a": "matmul", "b": "elementwise/reductions", "seed": "elementwise/reductions"}
+  ev = lambda name, ts, dur, tid: {"name": name, "ts": ts, "dur": dur, "tid": tid, "ph": "X"}  # noqa: E731
+  events = [ev("a", 0, 1000, 1), ev("b", 200, 300, 1), ev("a", 1500, 500, 1), ev("b", 2000, 1000, 1),
+            ev("a", 2500, 100, 1),  # 500 idle
+            ev("a", 0, 500, 2), ev("b", 1500, 1500, 2), ev("a", 100, 100, 2),  # nested; 1000 idle
+            ev("seed", 0, 10, 3), ev("seed", 9000, 10, 3),  # a host thread's few ops: not a device thread
+            ev("Rendezvous", 500, 900, 2)]  # not an op: a thread waiting in it is idle here
+  out = profile.idle_between_ops(events, kinds, steps=1)
+  assert out["threads"] == 2
+  assert out["span_ms_per_step"] == pytest.approx(6.0) and out["idle_ms_per_step"] == pytest.approx(1.5)
+  assert out["share"] == pytest.approx(0.25)
+  assert profile.idle_between_ops([], kinds, steps=1)["share"] == 0.0
+
+
 def test_profile_cli_on_the_tiny_decoder(tmp_path, capsys):
   out = tmp_path / "profile.json"
   assert profile.main(["--preset", "tiny", "--stage", "decoder", "--steps", "1", "--batch", "8", "--top", "3",
@@ -83,6 +98,7 @@ def test_profile_cli_on_the_tiny_decoder(tmp_path, capsys):
   assert set(ms) == set(profile.KINDS)
   assert ms["convolution"] > 0 and ms["convolution: weights"] > 0 and ms["elementwise/reductions"] > 0
   assert len(report["top_ops"]) == 3 and report["wall_ms_per_step"] > 0
+  assert report["idle"]["threads"] >= 1 and 0 <= report["idle"]["share"] < 1
   assert "convolution: weights" in capsys.readouterr().out
   with pytest.raises(UserError, match="--steps"):
     profile.main(["--steps", "0"])

@@ -17,6 +17,10 @@ programs (XLA's optimised HLO) and each op is sorted into one kind:
   layout copies            transposes and copies
   elementwise/reductions   every other op: normalisation, activations, the optimizer and EMA updates
 
+Beside the kinds, `idle` is the time the busy threads (one per device) ran no op at all between their first
+and last op of the traced steps: the runtime's dispatch and thread-pool hand-offs between ops, which a
+program of many small ops pays per op, and the host's time between steps.
+
 A fusion counts as a convolution or matmul when its fused computation holds one. Times are thread time
 summed over the devices, per step (per call for sampling); with one thread per device, their sum over the
 wall time says how busy the cores were. A kind that takes a large share at low FLOPs is what stands between the step
@@ -177,6 +181,32 @@ def breakdown(events: list[dict], kinds: dict[str, str], steps: int) -> dict:
   return {"kinds": rows, "thread_ms_per_step": total / steps, "top_ops": top}
 
 
+def idle_between_ops(events: list[dict], kinds: dict[str, str], steps: int) -> dict:
+  """Per step, the busy threads' time with no op running, between each one's first op and its last.
+
+  Busy threads run at least half as many op events as the busiest: one per device. A thread that only
+  runs the few host-side ops around a call (seeding, argument handling) would count its whole wait."""
+  by_thread = collections.defaultdict(list)
+  for e in events:
+    if str(e.get("name", "")) in kinds:
+      by_thread[e.get("tid")].append((float(e.get("ts", 0.0)), float(e.get("ts", 0.0)) + float(e.get("dur", 0.0))))
+  most = max((len(v) for v in by_thread.values()), default=0)
+  span = idle = 0.0
+  threads = 0
+  for intervals in by_thread.values():
+    if len(intervals) * 2 < most:
+      continue
+    threads += 1
+    intervals.sort()
+    end = intervals[0][0]
+    span += max(hi for _, hi in intervals) - intervals[0][0]
+    for lo, hi in intervals:  # the union of the op events; what it leaves uncovered is idle
+      idle += max(lo - end, 0.0)
+      end = max(end, hi)
+  return {"threads": threads, "span_ms_per_step": span / 1000.0 / steps, "idle_ms_per_step": idle / 1000.0 / steps,
+          "share": idle / span if span else 0.0}
+
+
 def _traced(fn, calls: int, kinds: dict[str, str]) -> tuple[dict, float]:
   """`fn` run `calls` times under the profiler: (breakdown per call, wall seconds per call)."""
   import jax
@@ -187,7 +217,9 @@ def _traced(fn, calls: int, kinds: dict[str, str]) -> tuple[dict, float]:
       for _ in range(calls):
         fn()
       wall = (time.perf_counter() - start) / calls
-    result = breakdown(trace_events(folder), kinds, calls)
+    events = trace_events(folder)
+    result = breakdown(events, kinds, calls)
+    result["idle"] = idle_between_ops(events, kinds, calls)
   if not result["thread_ms_per_step"]:
     raise UserError("the trace holds no events of the compiled program's ops (this jax's profiler does not "
                     "record XLA ops on this backend)")
@@ -199,6 +231,10 @@ def _report(title: str, wall: float, result: dict, top: int, unit: str, log) -> 
       "over the devices")
   for row in result["kinds"]:
     log(f"  {row['kind']:24s} {row['ms_per_step']:9.1f} ms  {100 * row['share']:5.1f}%")
+  idle = result["idle"]
+  log(f"  idle between ops: {idle['idle_ms_per_step']:.1f} ms per {unit} over {idle['threads']} device threads, "
+      f"{100 * idle['share']:.1f}% of their {idle['span_ms_per_step']:.1f} ms (dispatch between ops; host between "
+      f"{unit}s)")
   log(f"  heaviest ops (ms per {unit}, summed over devices; a collective's time includes its waiting):")
   for row in result["top_ops"][:top]:
     log(f"    {row['ms_per_step']:8.1f}  {row['kind']:24s} {row['op']}")
