@@ -144,6 +144,11 @@ def trace_events(folder: str | Path) -> list[dict]:
   return [e for e in events if e.get("ph") == "X"]
 
 
+def _span(event: dict) -> tuple[float, float]:
+  """(start, duration) of a trace event, in microseconds."""
+  return float(event.get("ts", 0.0)), float(event.get("dur", 0.0))
+
+
 def breakdown(events: list[dict], kinds: dict[str, str], steps: int) -> dict:
   """Thread milliseconds per step by kind, and the heaviest ops, from the trace's events.
 
@@ -155,14 +160,13 @@ def breakdown(events: list[dict], kinds: dict[str, str], steps: int) -> dict:
   by_thread = collections.defaultdict(list)
   for e in events:
     by_thread[e.get("tid")].append(e)
-  span = lambda e: (float(e.get("ts", 0.0)), float(e.get("dur", 0.0)))  # noqa: E731
   for thread in by_thread.values():
-    thread.sort(key=lambda e: (span(e)[0], -span(e)[1]))
+    thread.sort(key=lambda e: (_span(e)[0], -_span(e)[1]))
     ops = [e for e in thread if str(e.get("name", "")) in kinds]
     collective_spans = []
     for e, after in zip(ops, ops[1:] + [None]):
-      ts, dur = span(e)
-      if after is not None and span(after)[0] < ts + dur:  # it holds another op: count that one instead
+      ts, dur = _span(e)
+      if after is not None and _span(after)[0] < ts + dur:  # it holds another op: count that one instead
         continue
       name = str(e["name"])
       per_kind[kinds[name]] += dur / 1000.0
@@ -170,7 +174,7 @@ def breakdown(events: list[dict], kinds: dict[str, str], steps: int) -> dict:
       if kinds[name] == "collectives":
         collective_spans.append((ts, ts + dur))
     for e in thread:
-      ts, dur = span(e)
+      ts, dur = _span(e)
       if e.get("name") == WAIT_EVENT and any(lo <= ts and ts + dur <= hi for lo, hi in collective_spans):
         per_kind["waiting"] += dur / 1000.0
         per_kind["collectives"] -= dur / 1000.0
@@ -189,7 +193,8 @@ def idle_between_ops(events: list[dict], kinds: dict[str, str], steps: int) -> d
   by_thread = collections.defaultdict(list)
   for e in events:
     if str(e.get("name", "")) in kinds:
-      by_thread[e.get("tid")].append((float(e.get("ts", 0.0)), float(e.get("ts", 0.0)) + float(e.get("dur", 0.0))))
+      ts, dur = _span(e)
+      by_thread[e.get("tid")].append((ts, ts + dur))
   most = max((len(v) for v in by_thread.values()), default=0)
   span = idle = 0.0
   threads = 0

@@ -33,9 +33,9 @@ def _signed(summary: dict) -> str:
   return f"{summary['mean']:+.3f} ± {summary['sem']:.3f}"
 
 
-def _by_object(groups: dict | None) -> str:
+def _by_object(groups: dict) -> str:
   """{"orange circle": proportion, ...} → "orange circle 3/13, purple triangle 8/9"."""
-  return ", ".join(f"{name} {p['k']}/{p['n']}" for name, p in (groups or {}).items())
+  return ", ".join(f"{name} {p['k']}/{p['n']}" for name, p in groups.items())
 
 
 def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
