@@ -112,4 +112,3 @@ def test_the_default_set_is_pinned():
     h.update(image.tobytes())
     h.update(caption.encode())
   assert h.hexdigest()[:16] == "bfc775fde9cb0295"
-
