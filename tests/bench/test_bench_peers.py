@@ -27,7 +27,7 @@ def test_peers_cli_writes_the_table_and_json(tmp_path, capsys):
   require("diffusers")
   require("open_clip")
   out = tmp_path / "peers.json"
-  rows = "clip,prior_train,prior_sampling,decoder_sampling"
+  rows = "clip,prior_train,prior_sampling,decoder_convs,decoder_sampling"
   assert peers.main(["--size", "tiny", "--rows", rows, "--rounds", "1", "--peer-mode", "eager",
                      "--json", str(out)]) == 0
   report = json.loads(out.read_text())
@@ -60,6 +60,25 @@ def test_the_converted_clip_gives_the_peer_s_embeddings():
   np.testing.assert_allclose(ours["image_embedding"], theirs[0].numpy(), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(ours["text_embedding"], theirs[1].numpy(), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(ours["text_states"], theirs[2].numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.peers
+def test_the_convolution_row_computes_the_peer_s_gradients():
+  """Ours and torch differentiate the same convolutions: equal weight and input gradients."""
+  require("torch")
+  spec = peers.size_spec("tiny")
+  row = peers.build_row("decoder_convs", spec, gpu=False)
+  peer = peers.tp.Peer("eager")
+  peer.prepare(*row.modules)
+  (g_params, g_xs), theirs = row.ours(), row.make_peer(peer)()  # ours: one copy per device
+  levels = peers.conv_levels(spec)
+  assert row.info["levels"] == [f"{s}x{s}x{c}" for s, c in levels] and len(g_params) == 2 * len(levels)
+  for i, g in enumerate(g_params):
+    np.testing.assert_allclose(g["kernel"][0], theirs[2 * i].numpy().transpose(2, 3, 1, 0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(g["bias"][0], theirs[2 * i + 1].numpy(), rtol=1e-4, atol=1e-6)
+  for g, t in zip(g_xs, theirs[2 * len(g_params):]):
+    g = np.asarray(g).reshape((-1,) + g.shape[2:])
+    np.testing.assert_allclose(g, t.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-7)
 
 
 def test_peers_bad_arguments():

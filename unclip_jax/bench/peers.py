@@ -10,6 +10,10 @@ ours is faster. Rows:
   clip forward              image + text towers (ours: `ClipEmbedder`, as `python -m unclip_jax.embed` runs)
   prior train step          one optimizer step as `python -m unclip_jax.train` runs it (pmapped over all
   decoder train step        local devices, metrics read back every step on CPU)
+  decoder 3x3 convolutions  the decoder's convolutions alone, to tell what bounds its train step: per UNet
+                            level (resolution, width) a residual block's conv → SiLU → conv → SiLU, forward,
+                            input and weight gradients at the decoder train step's batch (ours pmapped, flax
+                            `nn.Conv` as the UNet builds it; the peer `torch.nn.Conv2d`)
   prior sampling 25 steps   guided (scale 4), ours `Pipeline.sample_prior`; the peer diffusers' prior loop
   decoder sampling 25 steps guided   (scale 8), ours `Pipeline.decode`; the peer diffusers' decoder loop
   pipeline 25/25/7          text → image, ours `Pipeline.generate`; the peer `UnCLIPPipeline`
@@ -37,9 +41,9 @@ from unclip_jax.bench import torch_peers as tp
 from unclip_jax.errors import ArgumentParser, UserError
 
 ROWS = ("clip forward", "prior train step", "prior sampling 25 steps", "decoder train step",
-        "decoder sampling 25 steps guided", "pipeline 25/25/7")
+        "decoder 3x3 convolutions", "decoder sampling 25 steps guided", "pipeline 25/25/7")
 ROW_KEYS = {"clip": ROWS[0], "prior_train": ROWS[1], "prior_sampling": ROWS[2], "decoder_train": ROWS[3],
-            "decoder_sampling": ROWS[4], "pipeline": ROWS[5]}
+            "decoder_convs": ROWS[4], "decoder_sampling": ROWS[5], "pipeline": ROWS[6]}
 STEPS = {"prior": 25, "decoder": 25, "sr": 7}
 SCALES = {"prior": 4.0, "decoder": 8.0}
 
@@ -288,6 +292,58 @@ def _train_row(name: str, stage: str, spec: dict, dtype: str) -> Row:
   return Row(name, ours, make_peer, modules, {"batch": n, "parameters": tp.describe_modules(*modules)})
 
 
+def conv_levels(spec: dict) -> list[tuple[int, int]]:
+  """(resolution, channels) of each level of a bench size's decoder UNet."""
+  unet = spec["decoder"]["unet"]
+  return [(int(unet["sample_size"]) >> i, int(c)) for i, c in enumerate(unet["block_out_channels"])]
+
+
+def _conv_row(name: str, spec: dict, dtype: str) -> Row:
+  import jax
+  import jax.numpy as jnp
+
+  from unclip_jax.models.unet import conv
+
+  levels = conv_levels(spec)
+  model = tp.build_conv_levels(levels, seed=7)
+  sd = tp.state_dict(model)
+  params = [{"kernel": sd[f"convs.{i}.weight"].transpose(2, 3, 1, 0), "bias": sd[f"convs.{i}.bias"]}
+            for i in range(2 * len(levels))]
+  b = spec["batch"]["decoder_train"]
+  n = jax.local_device_count()
+  if b % n:
+    raise UserError(f"batch {b} does not split over {n} devices")
+  rng = np.random.default_rng(7)
+  xs = [rng.normal(size=(b, s, s, c)).astype(np.float32) for s, c in levels]
+  layers = [conv(c, 3, jnp.dtype(dtype)) for _, c in levels for _ in range(2)]
+
+  def loss(params, xs):
+    total = 0.0
+    for i, x in enumerate(xs):
+      for j in (2 * i, 2 * i + 1):
+        x = jax.nn.silu(layers[j].apply({"params": params[j]}, x)).astype(jnp.float32)
+      total = total + jnp.mean(x * x)
+    return total
+
+  def per_device(params, xs):  # the mean over the global batch: the per-device means averaged
+    g_params, g_xs = jax.grad(loss, argnums=(0, 1))(params, xs)
+    return jax.lax.pmean(g_params, "batch"), jax.tree.map(lambda g: g / n, g_xs)
+
+  step = jax.pmap(per_device, "batch", in_axes=(None, 0))
+  params = jax.tree.map(jnp.asarray, params)
+  shards = [jnp.asarray(x.reshape((n, b // n) + x.shape[1:])) for x in xs]
+
+  def ours():
+    return jax.block_until_ready(step(params, shards))
+
+  def make_peer(peer: tp.Peer):
+    t_xs = [peer.tensor(x.transpose(0, 3, 1, 2)).requires_grad_(True) for x in xs]
+    run = tp.conv_gradients(peer, model)
+    return lambda: run(t_xs)
+  return Row(name, ours, make_peer, [model], {"batch": b, "parameters": tp.describe_modules(model),
+                                              "levels": [f"{s}x{s}x{c}" for s, c in levels]})
+
+
 def _sampling_row(name: str, which: str, spec: dict, dtype: str | None) -> Row:
   from unclip_jax.pipeline import TextEncoding, image_keys
 
@@ -372,6 +428,8 @@ def build_row(key: str, spec: dict, gpu: bool) -> Row:
   name = ROW_KEYS[key]
   if key == "clip":
     return _clip_row(name, spec, "bfloat16" if gpu else None)
+  if key == "decoder_convs":
+    return _conv_row(name, spec, "bfloat16" if gpu else "float32")
   if key.endswith("_train"):
     return _train_row(name, key.split("_")[0], spec, "bfloat16" if gpu else "float32")
   return _sampling_row(name, key.split("_")[0], spec, "bfloat16" if gpu else None)

@@ -183,6 +183,30 @@ def build_upsampler(spec: dict, seed: int = 0):
   return model
 
 
+def build_conv_levels(levels: list[tuple[int, int]], seed: int = 0):
+  """The decoder's 3x3 convolutions without the rest of the UNet: per level (resolution, channels) the pair
+  of a residual block, conv → SiLU → conv → SiLU, channels in = out. Forward on a list of NCHW inputs (one
+  per level) returns the sum of the levels' mean squares, a scalar to differentiate."""
+  torch = import_peer("torch")
+
+  class ConvLevels(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.convs = torch.nn.ModuleList(torch.nn.Conv2d(c, c, 3, padding=1) for _, c in levels for _ in range(2))
+
+    def forward(self, xs):
+      total = 0.0
+      for i, x in enumerate(xs):
+        for conv in self.convs[2 * i: 2 * i + 2]:
+          x = torch.nn.functional.silu(conv(x))
+        total = total + x.square().mean()
+      return total
+
+  model = ConvLevels()
+  random_init(model, seed)
+  return model
+
+
 def state_dict(module) -> dict[str, np.ndarray]:
   return {k: v.detach().float().cpu().numpy() for k, v in module.state_dict().items()}
 
@@ -221,6 +245,20 @@ def hybrid_loss(torch, s: Schedule, out, x0, x_t, t, noise):
               + (true_mean - model_mean) ** 2 * torch.exp(-model_logvar))
   vb = kl.mean(dim=(1, 2, 3)) / math.log(2.0) * (s.T / 1000.0)
   return (mse + vb).mean()
+
+
+def conv_gradients(peer: Peer, model) -> Callable:
+  """(list of NCHW inputs) → the gradients of `model`'s scalar with respect to its weights and the inputs:
+  the convolutions' forward, input-gradient and weight-gradient passes, as a train step runs them."""
+  params = list(model.parameters())
+
+  def run(xs):
+    with peer.autocast():
+      loss = model(xs)
+    grads = peer.torch.autograd.grad(loss, params + list(xs))
+    peer.sync()
+    return grads
+  return run
 
 
 class TrainStep:
