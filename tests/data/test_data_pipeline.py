@@ -119,6 +119,19 @@ def test_default_shapes_sizes_use_the_registered_configs(tmp_path):
     builder = builders.Shapes(config=config, data_dir=str(tmp_path), file_format=builders.FILE_FORMAT)
     assert builder.builder_config.image_size == size and builder.builder_config.train_size == 50_000
   assert prepare.shapes_config(32, 100, 10).name == "32_n100_h10_s0"
+  assert prepare.shapes_config(32, 50_000, 2_000, unnamed=0.5).name == "32_n50000_h2000_s0_u50"
+
+
+def test_unnamed_colours_reach_the_train_split_only(tmp_path):
+  builder = prepare.prepare_shapes(str(tmp_path), 32, train_size=40, heldout_size=8, unnamed=0.5)
+  config = builder.builder_config.name
+  assert config == "32_n40_h8_s0_u50" and builder.builder_config.unnamed == 0.5
+  train, heldout = (pipeline.open_source(tmp_path, "shapes", split, config) for split in ("train", "heldout"))
+  train, heldout = ([json.loads(d[i]["spec"]) for i in range(len(d))] for d in (train, heldout))
+  assert 0 < sum(s["objects"][0]["color"] is None for s in train) < len(train)
+  assert all(o["color"] is not None for s in heldout for o in s["objects"])
+  with pytest.raises(UserError, match="--unnamed must be a share"):
+    prepare.prepare_shapes(str(tmp_path), 32, 40, 8, unnamed=1.5)
 
 
 def test_prefetching_loader_gives_the_same_batches_and_states(shapes_dir):

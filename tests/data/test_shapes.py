@@ -112,3 +112,36 @@ def test_the_default_set_is_pinned():
     h.update(image.tobytes())
     h.update(caption.encode())
   assert h.hexdigest()[:16] == "bfc775fde9cb0295"
+
+
+def test_unnamed_colours_keep_the_held_out_pairs_held_out():
+  """A share of train scenes in random colours, colour-free captions, no colour near a held-out pair's."""
+  palette = {name: np.asarray(rgb, float) for name, rgb in shapes.COLORS.items()}
+  # each gap is the distance to the nearest palette colour drawn with the held-out shape in train
+  assert shapes.UNNAMED_GAPS["orange"] == pytest.approx(np.linalg.norm(palette["orange"] - palette["yellow"]))
+  assert shapes.UNNAMED_GAPS["purple"] == pytest.approx(np.linalg.norm(palette["purple"] - palette["blue"]))
+  assert shapes.UNNAMED_GAPS["white"] == pytest.approx(np.linalg.norm(palette["white"] - palette["yellow"]))
+  scenes = shapes.ShapesScenes(32, "train", seed=3, unnamed=0.5)
+  examples = [scenes[i] for i in range(200)]
+  unnamed = [(img, cap, spec) for img, cap, spec in examples if spec["objects"][0]["color"] is None]
+  assert 70 <= len(unnamed) <= 130
+  for img, cap, spec in unnamed:
+    assert not any(c in cap.split() for c in shapes.COLORS) and cap == shapes.caption_for(spec)
+    assert not shapes.is_heldout(spec)
+    for o in spec["objects"]:
+      rgb = np.asarray(o["rgb"], float)
+      assert np.linalg.norm(rgb - shapes.BACKGROUND) >= shapes.UNNAMED_MIN_CONTRAST
+      assert all(np.linalg.norm(rgb - palette[c]) >= r for c, r in shapes.UNNAMED_GAPS.items())
+      x0, y0, x1, y1 = o["bbox"]
+      assert tuple(img[(y0 + y1) // 2 + (1 if o["shape"] == "triangle" else 0), (x0 + x1) // 2]) == tuple(o["rgb"])
+    if spec["kind"] == "count":
+      assert len({tuple(o["rgb"]) for o in spec["objects"]}) == 1
+  named = [spec for _, _, spec in examples if spec["objects"][0]["color"] is not None]
+  assert all("rgb" not in o and not shapes.is_heldout(s) for s in named for o in s["objects"])
+  assert shapes.ShapesScenes(32, "train", seed=3, unnamed=0.5)[7][1] == examples[7][1]  # still deterministic
+  with pytest.raises(ValueError, match="cannot redraw"):
+    scenes.redraw(unnamed[0][2], np.random.default_rng(0))
+  with pytest.raises(ValueError, match="train split only"):
+    shapes.ShapesScenes(32, "heldout", unnamed=0.5)
+  with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+    shapes.ShapesScenes(32, "train", unnamed=1.0)

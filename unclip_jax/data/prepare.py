@@ -34,6 +34,8 @@ def _parse(argv):
   p.add_argument("--seed", type=int, default=0, help="shapes: base seed of the generated set")
   p.add_argument("--negation", action="store_true",
                  help="shapes: also draw negated captions (\"a red circle and no squares\"), config SIZE_negation")
+  p.add_argument("--unnamed", type=float, default=0.0,
+                 help="shapes: share of train scenes in random colours with colour-free captions (0 to 0.99)")
   p.add_argument("--max_concepts", type=int, default=None, help="emoji: use only the first N common concepts")
   p.add_argument("--heldout_fraction", type=float, default=0.05, help="emoji: share of (style, concept) pairs held out")
   p.add_argument("--max_examples", type=int, default=None, help="fashion_mnist: only the first N of each split")
@@ -44,7 +46,7 @@ def _parse(argv):
 
 
 def prepare_shapes(data_dir: str, image_size: int, train_size: int, heldout_size: int, seed: int = 0,
-                   negation: bool = False):
+                   negation: bool = False, unnamed: float = 0.0):
   """Builds `shapes/<image_size>[_negation]` (or a custom-sized config) under `data_dir`; returns the builder."""
   from unclip_jax.data import builders
 
@@ -52,25 +54,30 @@ def prepare_shapes(data_dir: str, image_size: int, train_size: int, heldout_size
     raise UserError(f"--image_size must be 32 or 64 for shapes, got {image_size}")
   if train_size < 1 or heldout_size < 1:
     raise UserError("--train_size and --heldout_size must be positive")
-  builder = builders.Shapes(config=shapes_config(image_size, train_size, heldout_size, seed, negation),
+  if not 0.0 <= unnamed < 1.0:
+    raise UserError(f"--unnamed must be a share in [0, 1), got {unnamed}")
+  builder = builders.Shapes(config=shapes_config(image_size, train_size, heldout_size, seed, negation, unnamed),
                              data_dir=data_dir, file_format=builders.FILE_FORMAT)
   builder.download_and_prepare()
   return builder
 
 
-def shapes_config(image_size: int, train_size: int, heldout_size: int, seed: int = 0, negation: bool = False):
+def shapes_config(image_size: int, train_size: int, heldout_size: int, seed: int = 0, negation: bool = False,
+                  unnamed: float = 0.0):
   """The registered config's name ("32", "64", "32_negation", "64_negation") for the default sizes, else a
   sized variant config with its own name, so two sizes never share a folder (tfds refuses a custom config
-  named like a registered one)."""
+  named like a registered one); unnamed colours add "_u<percent>" ("32_n100000_h500_s0_u50")."""
   from unclip_jax.data import builders
 
   suffix = "_negation" if negation else ""
   registered = {c.name: c for c in builders.Shapes.BUILDER_CONFIGS}[f"{image_size}{suffix}"]
-  if (train_size, heldout_size, seed) == (registered.train_size, registered.heldout_size, registered.seed):
+  if (train_size, heldout_size, seed, unnamed) == (registered.train_size, registered.heldout_size, registered.seed,
+                                                   0.0):
     return registered.name
+  suffix += f"_u{round(unnamed * 100)}" if unnamed else ""
   return builders.ShapesConfig(name=f"{image_size}_n{train_size}_h{heldout_size}_s{seed}{suffix}",
                                image_size=image_size, train_size=train_size, heldout_size=heldout_size, seed=seed,
-                               kinds=registered.kinds)
+                               kinds=registered.kinds, unnamed=float(unnamed))
 
 
 def default_emoji_source() -> str:
@@ -162,7 +169,8 @@ def main(argv) -> int:
   size = args.image_size or DEFAULT_SIZE[args.name]
   check_writable(args.data_dir, "--data_dir")
   if args.name == "shapes":
-    builder = prepare_shapes(args.data_dir, size, args.train_size, args.heldout_size, args.seed, args.negation)
+    builder = prepare_shapes(args.data_dir, size, args.train_size, args.heldout_size, args.seed, args.negation,
+                             args.unnamed)
   elif args.name == "emoji":
     builder = prepare_emoji(args.data_dir, args.source, size, args.max_concepts, args.heldout_fraction)
   elif args.name == "fashion_mnist":

@@ -9,6 +9,14 @@ generalisation. Only numpy and PIL are used.
 An optional fifth kind, "negation" ("a red circle and no squares": the scene holds the named object
 alone), is drawn only when asked for (`kinds=ALL_KINDS`), so the default set stays what it always was;
 no default caption negates anything, and the option lets one measure what training on negations gains.
+
+Another option, `unnamed=f`, draws a share f of the train scenes in colours outside the palette, one random RGB
+colour per object, and leaves the colour out of their captions ("a circle left of a square"). Why: with seven
+named colours and three shapes each shape is seen in only five or six colours, and a decoder trained on that
+learns each (colour, shape) pair as a whole; unnamed colours show every shape in hundreds. They keep the
+held-out pairs held out: no unnamed colour, for any shape, comes nearer a held-out pair's colour than the
+nearest palette colour its shape is drawn in (`UNNAMED_GAPS`: yellow circles for orange, blue triangles for
+purple, yellow squares for white).
 """
 
 from __future__ import annotations
@@ -43,12 +51,34 @@ HELDOUT_RELATIONS = frozenset({("above", "triangle", "circle"), ("left of", "squ
                                ("below", "circle", "square"), ("right of", "triangle", "square")})
 
 _SPLIT_SALT = {"train": 0x7A11, "heldout": 0x4E1D}
-_KIND_SALT = {k: i for i, k in enumerate(KINDS)}
+# Unnamed colours: at least this far (RGB Euclidean) from the background, so an object is always visible.
+UNNAMED_MIN_CONTRAST = 80.0
+
+
+def _gap(color: str, shape: str) -> float:
+  """How far the nearest palette colour drawn with `shape` in the train split lies from `color`."""
+  drawn = [COLORS[c] for c, s in _objects("train") if s == shape]
+  return float(min(np.linalg.norm(np.subtract(COLORS[color], rgb)) for rgb in drawn))
 
 
 def _objects(split: str) -> list[tuple[str, str]]:
   combos = [(c, s) for c in COLORS for s in SHAPES]
   return [o for o in combos if o not in HELDOUT_OBJECTS] if split == "train" else combos
+
+
+# Per held-out pair's colour: the radius no unnamed colour enters (71 for orange, 106 purple, 202 white).
+UNNAMED_GAPS = {color: _gap(color, shape) for color, shape in sorted(HELDOUT_OBJECTS)}
+
+
+def unnamed_color(rng: np.random.Generator) -> tuple[int, int, int]:
+  """A uniform random RGB colour outside every held-out colour's gap and visible on the background."""
+  while True:
+    rgb = rng.integers(0, 256, 3)
+    if np.linalg.norm(rgb - np.asarray(BACKGROUND)) < UNNAMED_MIN_CONTRAST:
+      continue
+    if all(np.linalg.norm(rgb - np.asarray(COLORS[c])) >= r for c, r in UNNAMED_GAPS.items()):
+      return tuple(int(v) for v in rgb)
+_KIND_SALT = {k: i for i, k in enumerate(KINDS)}
 
 
 def _bbox_ok(box, boxes, gap):
@@ -81,9 +111,11 @@ class ShapesScenes:
     kinds: caption kinds to draw from, uniformly: "single" ("a red circle"), "count" ("three blue
       squares"), "pair" ("a red circle and a blue square"), "relation" ("a red circle left of a ..."),
       and, only when named, "negation" ("a red circle and no squares": the named object alone).
+    unnamed: the share of train scenes drawn in random colours with colour-free captions (module docstring);
+      0 (the default) draws exactly the set it always drew.
   """
 
-  def __init__(self, image_size: int = 64, split: str = "train", seed: int = 0, kinds=KINDS):
+  def __init__(self, image_size: int = 64, split: str = "train", seed: int = 0, kinds=KINDS, unnamed: float = 0.0):
     if split not in SPLITS:
       raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     unknown = set(kinds) - set(ALL_KINDS)
@@ -91,13 +123,19 @@ class ShapesScenes:
       raise ValueError(f"kinds must be a non-empty subset of {ALL_KINDS}, got {kinds!r}")
     if image_size < 24:
       raise ValueError(f"image_size must be at least 24 pixels, got {image_size}")
+    if not 0.0 <= unnamed < 1.0:
+      raise ValueError(f"unnamed must be in [0, 1), got {unnamed}")
+    if unnamed and split != "train":
+      raise ValueError("unnamed colours are for the train split only; the heldout split names every colour")
     self.image_size, self.split, self.seed, self.kinds = image_size, split, seed, tuple(kinds)
+    self.unnamed = float(unnamed)
 
   def __getitem__(self, index: int):
     rng = np.random.default_rng([self.seed, _SPLIT_SALT[self.split], int(index)])
     kind = self.kinds[rng.integers(len(self.kinds))]
+    unnamed = bool(self.unnamed) and rng.random() < self.unnamed  # no draw at 0: the default set is unchanged
     for _ in range(100):  # layouts are rejection-sampled; a retry draws new sizes
-      example = self._sample(rng, kind)
+      example = self._sample(rng, kind, unnamed)
       if example is not None:
         return example
     raise RuntimeError(f"could not lay out a {kind} scene at {self.image_size}px")  # pragma: no cover
@@ -141,19 +179,21 @@ class ShapesScenes:
       if (triple in HELDOUT_RELATIONS) == held:
         return [a, b], relation
 
-  def _sample(self, rng, kind):
+  def _sample(self, rng, kind, unnamed=False):
     objs, relation = self._choose_objects(rng, kind)
     negated = None
     if kind == NEGATION:  # a shape that is absent: one of the two the named object is not
       others = [sh for sh in SHAPES if sh != objs[0][1]]
       negated = others[rng.integers(len(others))]
-    return self._lay_out(rng, kind, objs, relation, negated)
+    return self._lay_out(rng, kind, objs, relation, negated, unnamed)
 
   def redraw(self, spec: dict[str, Any], rng: np.random.Generator):
     """(image, caption, spec): another scene with `spec`'s caption, i.e. the same objects, relation and negated
     shape at new sizes and places. Why: a second real image of a caption shows how far apart two correct
     images can be (the reference for any embedding-matching score)."""
     objs = [(o["color"], o["shape"]) for o in spec["objects"]]
+    if any(c is None for c, _ in objs):
+      raise ValueError(f"cannot redraw {caption_for(spec)!r}: its colours are unnamed")
     relation = spec["relation"]["relation"] if spec.get("relation") else None
     for _ in range(100):
       example = self._lay_out(rng, spec["kind"], objs, relation, spec.get("negated"))
@@ -161,8 +201,10 @@ class ShapesScenes:
         return example
     raise RuntimeError(f"could not lay out {caption_for(spec)!r} again at {self.image_size}px")  # pragma: no cover
 
-  def _lay_out(self, rng, kind, objs, relation, negated):
-    """Sizes and places the objects (None when a draw does not fit), draws them, and writes the spec."""
+  def _lay_out(self, rng, kind, objs, relation, negated, unnamed=False):
+    """Sizes and places the objects (None when a draw does not fit), draws them, and writes the spec. With
+    `unnamed`, each distinct palette object becomes one random colour (a count's objects stay alike) and
+    the spec's colours become None, with the drawn colour under "rgb"."""
     s = self.image_size
     lo, hi = max(5, round(s * 12 / 64)), max(7, round(s * 18 / 64))
     gap = max(1, s // 32)
@@ -180,36 +222,48 @@ class ShapesScenes:
         break
       else:
         return None
+    colors = [COLORS[c] for c, _ in objs]
+    if unnamed:
+      drawn = {o: unnamed_color(rng) for o in dict.fromkeys(objs)}
+      colors = [drawn[o] for o in objs]
+      objs = [(None, sh) for _, sh in objs]
     image = Image.new("RGB", (s, s), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    for (color, shape), box in zip(objs, boxes):
-      _draw(draw, shape, box, COLORS[color])
+    for (_, shape), box, rgb in zip(objs, boxes, colors):
+      _draw(draw, shape, box, rgb)
     spec = {
         "kind": kind,
         "objects": [{"color": c, "shape": sh, "bbox": list(b)} for (c, sh), b in zip(objs, boxes)],
-        "counts": {f"{c} {sh}": objs.count((c, sh)) for c, sh in dict.fromkeys(objs)},
+        "counts": {_name(c, sh): objs.count((c, sh)) for c, sh in dict.fromkeys(objs)},
         "relation": None if relation is None else {"relation": relation, "subject": 0, "object": 1},
         "split": self.split,
     }
     if negated is not None:
       spec["negated"] = negated
+    if unnamed:
+      for o, rgb in zip(spec["objects"], colors):
+        o["rgb"] = list(rgb)
     return np.asarray(image, dtype=np.uint8), caption_for(spec), spec
 
 
+def _name(color: str | None, shape: str) -> str:
+  return shape if color is None else f"{color} {shape}"
+
+
 def caption_for(spec: dict[str, Any]) -> str:
-  """The caption of a spec, following the grammar in the module docstring."""
-  objs = [(o["color"], o["shape"]) for o in spec["objects"]]
+  """The caption of a spec, following the grammar in the module docstring (an unnamed colour, None, is
+  left out: "a circle")."""
+  names = [_name(o["color"], o["shape"]) for o in spec["objects"]]
   kind = spec["kind"]
   if kind == "single":
-    return f"a {objs[0][0]} {objs[0][1]}"
+    return f"a {names[0]}"
   if kind == "count":
-    return f"{NUMBERS[len(objs)]} {objs[0][0]} {objs[0][1]}s"
+    return f"{NUMBERS[len(names)]} {names[0]}s"
   if kind == "pair":
-    return f"a {objs[0][0]} {objs[0][1]} and a {objs[1][0]} {objs[1][1]}"
+    return f"a {names[0]} and a {names[1]}"
   if kind == NEGATION:
-    return f"a {objs[0][0]} {objs[0][1]} and no {spec['negated']}s"
-  rel = spec["relation"]["relation"]
-  return f"a {objs[0][0]} {objs[0][1]} {rel} a {objs[1][0]} {objs[1][1]}"
+    return f"a {names[0]} and no {spec['negated']}s"
+  return f"a {names[0]} {spec['relation']['relation']} a {names[1]}"
 
 
 _COLOR_RE = "|".join(COLORS)
