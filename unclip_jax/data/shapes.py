@@ -51,19 +51,20 @@ HELDOUT_RELATIONS = frozenset({("above", "triangle", "circle"), ("left of", "squ
                                ("below", "circle", "square"), ("right of", "triangle", "square")})
 
 _SPLIT_SALT = {"train": 0x7A11, "heldout": 0x4E1D}
+_KIND_SALT = {k: i for i, k in enumerate(KINDS)}
 # Unnamed colours: at least this far (RGB Euclidean) from the background, so an object is always visible.
 UNNAMED_MIN_CONTRAST = 80.0
+
+
+def _objects(split: str) -> list[tuple[str, str]]:
+  combos = [(c, s) for c in COLORS for s in SHAPES]
+  return [o for o in combos if o not in HELDOUT_OBJECTS] if split == "train" else combos
 
 
 def _gap(color: str, shape: str) -> float:
   """How far the nearest palette colour drawn with `shape` in the train split lies from `color`."""
   drawn = [COLORS[c] for c, s in _objects("train") if s == shape]
   return float(min(np.linalg.norm(np.subtract(COLORS[color], rgb)) for rgb in drawn))
-
-
-def _objects(split: str) -> list[tuple[str, str]]:
-  combos = [(c, s) for c in COLORS for s in SHAPES]
-  return [o for o in combos if o not in HELDOUT_OBJECTS] if split == "train" else combos
 
 
 # Per held-out pair's colour: the radius no unnamed colour enters (71 for orange, 106 purple, 202 white).
@@ -78,7 +79,6 @@ def unnamed_color(rng: np.random.Generator) -> tuple[int, int, int]:
       continue
     if all(np.linalg.norm(rgb - np.asarray(COLORS[c])) >= r for c, r in UNNAMED_GAPS.items()):
       return tuple(int(v) for v in rgb)
-_KIND_SALT = {k: i for i, k in enumerate(KINDS)}
 
 
 def _bbox_ok(box, boxes, gap):
