@@ -120,6 +120,9 @@ def test_default_shapes_sizes_use_the_registered_configs(tmp_path):
     assert builder.builder_config.image_size == size and builder.builder_config.train_size == 50_000
   assert prepare.shapes_config(32, 100, 10).name == "32_n100_h10_s0"
   assert prepare.shapes_config(32, 50_000, 2_000, unnamed=0.5).name == "32_n50000_h2000_s0_u50"
+  # two shares never share a folder: a rounded percent would give 0.5 and 0.504 the same name
+  assert prepare.shapes_config(32, 100, 10, unnamed=0.504).name == "32_n100_h10_s0_u50p4"
+  assert prepare.shapes_config(32, 100, 10, unnamed=0.004).name == "32_n100_h10_s0_u0p4"
 
 
 def test_unnamed_colours_reach_the_train_split_only(tmp_path):

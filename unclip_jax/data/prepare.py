@@ -74,7 +74,7 @@ def shapes_config(image_size: int, train_size: int, heldout_size: int, seed: int
   if (train_size, heldout_size, seed, unnamed) == (registered.train_size, registered.heldout_size, registered.seed,
                                                    0.0):
     return registered.name
-  suffix += f"_u{round(unnamed * 100)}" if unnamed else ""
+  suffix += "_u" + f"{unnamed * 100:g}".replace(".", "p") if unnamed else ""  # 0.5 → _u50, 0.125 → _u12p5
   return builders.ShapesConfig(name=f"{image_size}_n{train_size}_h{heldout_size}_s{seed}{suffix}",
                                image_size=image_size, train_size=train_size, heldout_size=heldout_size, seed=seed,
                                kinds=registered.kinds, unnamed=float(unnamed))
