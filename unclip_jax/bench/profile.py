@@ -149,6 +149,14 @@ def _span(event: dict) -> tuple[float, float]:
   return float(event.get("ts", 0.0)), float(event.get("dur", 0.0))
 
 
+def _by_thread(events: list[dict]) -> dict:
+  """The events of each thread (trace `tid`), in trace order: each device runs its ops on one thread."""
+  threads = collections.defaultdict(list)
+  for e in events:
+    threads[e.get("tid")].append(e)
+  return threads
+
+
 def breakdown(events: list[dict], kinds: dict[str, str], steps: int) -> dict:
   """Thread milliseconds per step by kind, and the heaviest ops, from the trace's events.
 
@@ -157,10 +165,7 @@ def breakdown(events: list[dict], kinds: dict[str, str], steps: int) -> dict:
   from "collectives" to "waiting"."""
   per_kind: collections.Counter = collections.Counter()
   per_op: collections.Counter = collections.Counter()
-  by_thread = collections.defaultdict(list)
-  for e in events:
-    by_thread[e.get("tid")].append(e)
-  for thread in by_thread.values():
+  for thread in _by_thread(events).values():
     thread.sort(key=lambda e: (_span(e)[0], -_span(e)[1]))
     ops = [e for e in thread if str(e.get("name", "")) in kinds]
     collective_spans = []
@@ -190,11 +195,8 @@ def idle_between_ops(events: list[dict], kinds: dict[str, str], steps: int) -> d
 
   Busy threads run at least half as many op events as the busiest: one per device. A thread that only
   runs the few host-side ops around a call (seeding, argument handling) would count its whole wait."""
-  by_thread = collections.defaultdict(list)
-  for e in events:
-    if str(e.get("name", "")) in kinds:
-      ts, dur = _span(e)
-      by_thread[e.get("tid")].append((ts, ts + dur))
+  by_thread = {tid: [(ts, ts + dur) for ts, dur in map(_span, thread)]
+               for tid, thread in _by_thread([e for e in events if str(e.get("name", "")) in kinds]).items()}
   most = max((len(v) for v in by_thread.values()), default=0)
   span = idle = 0.0
   threads = 0
