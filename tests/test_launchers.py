@@ -76,12 +76,10 @@ def test_kubernetes_dry_run_renders_an_indexed_job_and_a_headless_service():
   assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
 
 
-def test_train_demo_passes_each_stages_overrides_to_its_train_command_only(tmp_path):
-  """DEMO_<STAGE>_ARGS reaches that stage's `train` command, split into words, and no other command.
-
-  A stand-in `python` records every call: `train` succeeds (writing the export the script checks) until the
-  decoder, which fails, so the script stops there with its one FAILED line and a non-zero exit.
-  """
+def _demo_calls(tmp_path, env):
+  """Runs launch/train_demo.sh with a stand-in `python` that records every call: `train` succeeds (writing the
+  export the script checks) until the decoder, which fails, so the script stops there with its one FAILED line
+  and a non-zero exit. Returns the recorded calls, each a list of arguments."""
   calls = tmp_path / "calls"
   fake = tmp_path / "bin" / "python"
   fake.parent.mkdir()
@@ -94,15 +92,45 @@ if [ "$2" = unclip_jax.train ]; then
 fi
 """)
   fake.chmod(0o755)
-  env = {"PATH": f"{fake.parent}:{os.environ['PATH']}",
-         "DEMO_DECODER_ARGS": "--config.train.steps=36000  --config.train.batch_size=64", "DEMO_CLIP_ARGS": ""}
+  env = {"PATH": f"{fake.parent}:{os.environ['PATH']}", **env}
   out = subprocess.run(["bash", str(LAUNCH / "train_demo.sh"), str(tmp_path / "run")], env={**os.environ, **env},
                        capture_output=True, text=True, timeout=60)
   assert out.returncode != 0 and "FAILED decoder (exit 3)" in out.stdout, out.stdout + out.stderr
-  commands = [c.strip("\n").split("\n") for c in calls.read_text().split("--END--\n") if c.strip()]
+  return [c.strip("\n").split("\n") for c in calls.read_text().split("--END--\n") if c.strip()]
+
+
+def test_train_demo_passes_each_stages_overrides_to_its_train_command_only(tmp_path):
+  """DEMO_<STAGE>_ARGS reaches that stage's `train` command, split into words, and no other command."""
+  commands = _demo_calls(tmp_path, {"DEMO_DECODER_ARGS": "--config.train.steps=36000  --config.train.batch_size=64",
+                                    "DEMO_CLIP_ARGS": ""})
   trains = {c[c.index("--workdir") + 1]: c for c in commands if c[:2] == ["-m", "unclip_jax.train"]}
   assert list(trains) == ["clip", "prior", "decoder"]
   assert trains["decoder"][-2:] == ["--config.train.steps=36000", "--config.train.batch_size=64"]
   for stage in ("clip", "prior"):  # an empty or unset variable adds nothing, not even an empty argument
     assert trains[stage][-1] == "--no_progress", trains[stage]
   assert not any("--config.train.steps=36000" in c for c in commands if c[:2] != ["-m", "unclip_jax.train"])
+
+
+def _option(command, flag):
+  return command[command.index(flag) + 1]
+
+
+def test_train_demo_embeds_the_sets_it_prepares_under_the_names_the_prior_and_decoder_read(tmp_path):
+  """Every `embed` call reads a shapes config that a `prepare shapes` call of the script built (its sizes, seed
+  and unnamed share spell the name), and the prior's and decoder's `demo` configs read sets it embedded."""
+  from tests.models.test_model_configs import load_config
+  from unclip_jax.data import prepare
+
+  commands = _demo_calls(tmp_path, {})
+  built = set()
+  for c in commands:
+    if c[:3] == ["-m", "unclip_jax.data.prepare", "shapes"]:
+      args = prepare._parse(c[2:])
+      config = prepare.shapes_config(args.image_size, args.train_size, args.heldout_size, args.seed, args.negation,
+                                     args.unnamed)
+      built.add(config if isinstance(config, str) else config.name)
+  embeds = {_option(c, "--name"): _option(c, "--dataset_config")
+            for c in commands if c[:2] == ["-m", "unclip_jax.embed"]}
+  assert embeds and set(embeds.values()) <= built, (embeds, built)
+  for stage in ("prior", "decoder"):
+    assert load_config(stage, "demo").data.config in embeds, stage
