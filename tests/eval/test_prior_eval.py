@@ -2,7 +2,8 @@
 which palette colours an image holds, that render matches the first exactly (same caption); with one that
 also sees where they are, it does not (new layout). The paired rows are per-caption differences, and a
 fixed point (a caption's colours at no place) beats an oracle prior that draws yet another real render. A
-prior whose samples ignore their seed shows as two samples of a caption at cosine 1."""
+prior whose samples ignore their seed shows as two samples of a caption at cosine 1. The prior is scored on
+its training captions' kinds, rendered at its CLIP's resolution."""
 
 from __future__ import annotations
 
@@ -21,16 +22,21 @@ PALETTE = np.array(list(shapes.COLORS.values()), np.float32)
 class OraclePrior:
   """Embeddings from pixels: per palette colour, whether it is present and (with `layout`) its centroid."""
 
-  def __init__(self, layout: bool, collapsed: bool = False):
+  def __init__(self, layout: bool, collapsed: bool = False, image_size: int = 64):
     self.layout, self.collapsed = layout, collapsed
-    self.clip_config = SimpleNamespace(image_size=64)
+    self.clip_config = SimpleNamespace(image_size=image_size)
     self.specs = {}  # caption -> spec, filled from the suite's own prompt sets
+    self.image_sizes = set()  # the sizes of the images it was given
+    self.off_palette = 0.0  # the largest share of pixels off the palette and background in one call (resizing)
 
   def settings(self, overrides=None):
     return {"prior": SimpleNamespace(to_dict=lambda: {})}
 
   def encode_images(self, images, batch=None):
     x = np.asarray(images, np.float32)
+    self.image_sizes.add(x.shape[1:3])
+    pure = np.concatenate([PALETTE, np.float32([shapes.BACKGROUND])])
+    self.off_palette = max(self.off_palette, float((np.abs(x[..., None, :] - pure).max(-1).min(-1) > 2).mean()))
     hit = np.abs(x[:, :, :, None, :] - PALETTE).max(-1) < 2  # (n, h, w, colours)
     present = hit.any((1, 2)).astype(np.float32)
     if not self.layout:
@@ -48,19 +54,32 @@ class OraclePrior:
   def sample_prior(self, text, keys, settings):
     """A new real render per caption and key; `collapsed`: the same one for every key."""
     keys = np.zeros_like(keys) if self.collapsed else np.asarray(keys)
-    drawn = [shapes.ShapesScenes(64, self.specs[c]["split"]).redraw(self.specs[c], np.random.default_rng(k.tolist()))[0]
+    size = self.clip_config.image_size
+    drawn = [shapes.ShapesScenes(size, self.specs[c]["split"]).redraw(self.specs[c], np.random.default_rng(k.tolist()))[0]
              for c, k in zip(text.captions, keys)]
     return self.encode_images(np.stack(drawn))
 
 
-def _run(layout: bool, collapsed: bool = False):
+def _run(layout: bool, collapsed: bool = False, pipe=None):
   options = Options(num=12, batch=5, seed=3)
-  pipe = OraclePrior(layout, collapsed)
+  pipe = pipe or OraclePrior(layout, collapsed)
   ctx = Context(pipe, options, log=lambda m: None)
   for split in ("seen", "heldout"):
-    cell = ctx.prompt_set(split)
+    cell = prior_eval.prompt_set(split, options.num, options.seed, pipe.clip_config.image_size)
     pipe.specs.update(zip(cell["captions"], cell["specs"]))
   return prior_eval.run(ctx)["splits"]
+
+
+def test_the_prior_is_scored_on_its_training_captions_at_the_clips_resolution():
+  """Real renders at the CLIP's own size (the embedded training data's), never resized from 64 px, and no
+  negation captions (no training caption holds one)."""
+  pipe = OraclePrior(layout=True, image_size=32)
+  _run(True, pipe=pipe)
+  assert pipe.image_sizes == {(32, 32)} and pipe.off_palette == 0.0  # drawn at 32 px, not resized to it
+  kinds = {spec["kind"] for spec in pipe.specs.values()}
+  assert kinds <= set(shapes.KINDS) and len(kinds) > 1, kinds
+  assert len(prior_eval.prompt_set("seen", 60, 0, 32)["captions"]) == 60
+  assert not any(spec["kind"] == shapes.NEGATION for spec in prior_eval.prompt_set("heldout", 60, 0, 32)["specs"])
 
 
 def test_another_render_of_a_caption_has_its_colours_at_new_places():

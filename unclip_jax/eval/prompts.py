@@ -43,10 +43,11 @@ def task_set(task: str, split: str, n: int, seed: int = 0,
   return captions, images, specs
 
 
-def mixed_set(split: str, n: int, seed: int = 0, label: str = "mixed", kinds=shapes.KINDS):
+def mixed_set(split: str, n: int, seed: int = 0, label: str = "mixed", kinds=shapes.KINDS,
+              image_size: int = IMAGE_SIZE):
   """(captions, real images, specs): n scenes of the given split with caption kinds drawn uniformly (the
-  dataset's own mix by default)."""
-  scenes = shapes.ShapesScenes(IMAGE_SIZE, SPLITS[split], _scene_seed(seed, f"{label}/{split}"), tuple(kinds))
+  dataset's own mix by default), rendered at `image_size` (the layouts do not depend on it)."""
+  scenes = shapes.ShapesScenes(image_size, SPLITS[split], _scene_seed(seed, f"{label}/{split}"), tuple(kinds))
   images, captions, specs = scenes.batch(0, n)
   return captions, images, specs
 
