@@ -54,15 +54,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.update(dict(lr=1e-3, warmup_steps=10, ema_decay=0.99))
     train.log_every, train.checkpoint_every, train.sample_every = 50, 100, 100
   elif name == "demo":
-    # 100,000 embedded 32 px scenes, half in unnamed random colours with colour-free captions (launch/
-    # train_demo.sh: `prepare shapes --image_size 32 --train_size 100000 --heldout_size 500 --unnamed 0.5`,
-    # then `embed ... --name shapes32u`): the decoder sees each shape in hundreds of colours, not five or six.
-    data.config = "shapes32u"
+    data.config = "shapes32"  # the embedded 32px shapes (`python -m unclip_jax.embed ... --name shapes32`)
     # 7200 steps, about 80 min on 2 idle cores. Held-out colour-shape pairs come late: from the real image's
-    # CLIP embedding this decoder drew single objects right 0.73 seen / 0.20 held-out after 3500 steps and
-    # 0.97 / 0.45 after 7200 (60 held-out prompts). On the 25,000 named-colour scenes alone ("shapes32") it
-    # drew 0.63 / 0.03 after 3600 and 0.93 / 0.23 after 7200 (30 prompts each), and continued with
-    # DEMO_DECODER_ARGS="--config.train.steps=14400", then "=21600": 1.00 / 0.33, then 1.00 / 0.57.
+    # CLIP embedding this decoder drew single objects right 0.63 seen / 0.03 held-out after 3600 steps and
+    # 0.93 / 0.23 after 7200 (`evaluate --suite stages`, 30 prompts each); continued with DEMO_DECODER_ARGS=
+    # "--config.train.steps=14400", then "=21600" (the shipped decoder): 1.00 / 0.33, then 1.00 / 0.57.
     train.batch_size, train.steps = 16, 7200
     train.text_drop = 0.2
     config.diffusion.sample.guidance_scale = 3.0  # the training grids' guidance (Karlo's 8 overshoots small models)
