@@ -123,3 +123,55 @@ def test_word_order_probe_tells_a_reader_of_word_order_from_a_bag_of_words():
   # the same bag: a tie, which the probe counts as a miss.
   assert bag["binding"]["seen"]["rate"] == bag["binding"]["heldout"]["rate"] == 0.0
   assert bag["position"]["seen"]["rate"] == 1.0
+
+
+class _PlacementEncoder:
+  """A stand-in CLIP image tower that sees a scene's objects through the detector. It codes the objects'
+  colours and shapes, and with `places` also where they are: the first object's (by colour, shape) centre
+  and quadrant, and on which side of the second it lies, across and down."""
+
+  def __init__(self, places: bool):
+    self.config = types.SimpleNamespace(image_size=prompts.IMAGE_SIZE)
+    self.places = places
+
+  def encode_images(self, images):
+    rows = []
+    for image in images:
+      objs = sorted(detector.detect(image).objects, key=lambda o: (o.color, str(o.shape)))
+      what = np.zeros(len(shapes.COLORS) * len(shapes.SHAPES))
+      for o in objs:
+        what[list(shapes.COLORS).index(o.color) * len(shapes.SHAPES) + shapes.SHAPES.index(o.shape)] = 1
+      row = [what]
+      if self.places:
+        size = prompts.IMAGE_SIZE
+        ax, ay = np.add(objs[0].bbox[:2], objs[0].bbox[2:]) / 2
+        row.append([ax / size, ay / size])
+        row.append(np.eye(4)[int(ax >= size / 2) + 2 * int(ay >= size / 2)])
+        side = np.zeros(2)
+        if len(objs) == 2:
+          side = (np.add(objs[1].bbox[:2], objs[1].bbox[2:]) / 2 > (ax, ay)).astype(float)
+        row.append(side)
+      rows.append(np.concatenate(row))
+    return np.stack(rows)
+
+
+def test_placement_probe_reads_where_objects_are_only_from_an_embedding_that_codes_it():
+  places = zeroshot_probe.placement_probe(_PlacementEncoder(True), 30, 0)
+  blind = zeroshot_probe.placement_probe(_PlacementEncoder(False), 30, 0)
+  for split in prompts.SPLITS:
+    assert places["single_quadrant"][split]["n"] == places["position_side"][split]["n"] == 30
+    assert places["single_quadrant"][split]["rate"] >= 0.9 and min(places["single_quadrant"]["centre_r2"][split]) > 0.9
+    assert places["position_side"][split]["rate"] >= 0.9
+    # Colours and shapes alone: the quadrant, the centre and the side are guesses.
+    assert blind["single_quadrant"][split]["rate"] <= 0.5 and max(blind["single_quadrant"]["centre_r2"][split]) < 0.3
+    assert blind["position_side"][split]["rate"] <= 0.7
+  assert places["position_side"]["chance"] == 0.5
+
+
+def test_canonical_side_is_the_same_for_both_wordings_of_one_picture():
+  spec = {"objects": [{"color": "red", "shape": "circle"}, {"color": "blue", "shape": "square"}],
+          "relation": {"relation": "above", "subject": 0, "object": 1}}
+  other = {"objects": spec["objects"], "relation": {"relation": "below", "subject": 1, "object": 0}}
+  # (blue, square) sorts first: the blue square lies below the red circle in both wordings.
+  assert zeroshot_probe.canonical_side(spec) == zeroshot_probe.canonical_side(other) == \
+      zeroshot_probe.RELATION_SIDES.index("below")

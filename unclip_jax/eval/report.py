@@ -117,6 +117,17 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                 "count": "with another count"}[r["perturbation"]]
         out.append(("zeroshot", f"{task} scenes: caption over the same words {what}", _p(r["seen"]),
                     _p(r["heldout"]), f"chance {r['seen']['chance']:.2f}; word order (hard negatives)"))
+    placement = z.get("placement", {})
+    if "single_quadrant" in placement:
+      r = placement["single_quadrant"]
+      r2 = " / ".join(f"{r['centre_r2'][s][0]:.2f}, {r['centre_r2'][s][1]:.2f}" for s in ("seen", "heldout"))
+      out.append(("zeroshot", "single object's quadrant read by a linear probe", _p(r["seen"]), _p(r["heldout"]),
+                  f"chance {r['chance']:.2f}; centre R² (x, y) {r2}; image embedding: where it is"))
+    if "position_side" in placement:
+      r = placement["position_side"]
+      out.append(("zeroshot", "position scenes: the first object's side (by colour, shape) read by a linear probe",
+                  _p(r["seen"]), _p(r["heldout"]),
+                  f"chance {r['chance']:.2f}; along the relation's axis; the relation without word order"))
     if "shapes_resized_from_64px" in z:
       for probe in ("colour", "shape"):
         r = z["shapes_resized_from_64px"]

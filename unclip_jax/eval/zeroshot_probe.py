@@ -17,6 +17,12 @@ does a scene's image embedding prefer its caption to the same words saying somet
 flipped, the colours of two objects swapped, another count (`unclip_jax.data.hard_negatives`)? A CLIP that
 scores near chance there hands the prior and decoder a bag of words: position, binding and counting are
 then lost before either is trained. `train.hard_negatives` trains CLIP against exactly these.
+
+`placement_probe` asks the question under that one for position: does the image embedding say where things
+are? A linear probe reads a single object's quadrant (and its centre, as R²), and in two-object position
+scenes which side of the other the first object lies on, along the relation's axis, with the objects
+ordered by (colour, shape), not by the caption ("a red circle above a blue square" and "a blue square below
+a red circle" are one picture). An embedding that carries no placement leaves position to the words alone.
 """
 
 from __future__ import annotations
@@ -121,6 +127,73 @@ def linear_probe_transfer(scorer, n: int, seed: int, image_size: int | None = No
   return out
 
 
+PLACEMENT_FIT = 400  # seen scenes each placement probe is fit on
+RELATION_SIDES = ("left of", "right of", "above", "below")
+_OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def _ridge(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """Weights of a ridge regression from rows of `x` (unit embedding + bias) to targets `y`."""
+  return np.linalg.solve(x.T @ x + PROBE_RIDGE * len(x) * np.eye(x.shape[1]), x.T @ y)
+
+
+def _centres(specs, size: int) -> np.ndarray:
+  """(n, 2) centre (x, y) of each single-object scene's object, in [0, 1] of the image."""
+  return np.array([[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2] for b in (s["objects"][0]["bbox"] for s in specs)]) / size
+
+
+def _quadrants(centres: np.ndarray) -> np.ndarray:
+  return (centres[:, 0] >= 0.5).astype(int) + 2 * (centres[:, 1] >= 0.5).astype(int)
+
+
+def canonical_side(spec: dict) -> int:
+  """Index in RELATION_SIDES of where a position scene's first object, by (colour, shape), lies relative to
+  the other: the relation without the caption's word order."""
+  objs, rel = spec["objects"], spec["relation"]
+  a, b = objs[rel["subject"]], objs[rel["object"]]
+  side = rel["relation"] if (a["color"], a["shape"]) <= (b["color"], b["shape"]) else _OPPOSITE[rel["relation"]]
+  return RELATION_SIDES.index(side)
+
+
+def placement_probe(scorer, n: int, seed: int, image_size: int | None = None) -> dict:
+  """Where objects are, read from the image embedding by ridge probes fit on `PLACEMENT_FIT` seen scenes and
+  scored on `n` new seen and `n` held-out ones: a single object's quadrant (with the R² of its centre), and
+  in position scenes the canonical side (`canonical_side`) along the relation's axis, one probe per axis
+  (across it the builder places the pair at random, so a picture can show both "left of" and "above"). Both
+  at chance: the embedding does not carry
+  placement, so no prior or decoder conditioned on it can place objects from it."""
+  image_size = image_size or int(scorer.config.image_size)
+  out = {"fit_scenes": PLACEMENT_FIT}
+  for name, task in (("single_quadrant", "single"), ("position_side", "position")):
+    kind = prompts.TASKS[task]
+    fit = shapes.ShapesScenes(image_size, "train", prompts.PROMPT_SEED + seed * 31 + 7, (kind,))
+    fit_images, _, fit_specs = fit.batch(0, PLACEMENT_FIT)
+    tests = {}
+    for split in prompts.SPLITS:
+      _, images, specs = prompts.task_set(task, split, n, seed + 83, image_size)
+      tests[split] = (_unit(scorer.encode_images(images)), specs)
+    fit_x = _unit(scorer.encode_images(fit_images))
+    if task == "single":
+      centres = _centres(fit_specs, image_size)
+      weights = _ridge(fit_x, np.c_[np.eye(4)[_quadrants(centres)], centres])
+      out[name] = {"chance": 0.25, "centre_r2": {}}
+      for split, (x, specs) in tests.items():
+        pred, truth = x @ weights, _centres(specs, image_size)
+        out[name][split] = proportion(pred[:, :4].argmax(-1) == _quadrants(truth))
+        resid = ((pred[:, 4:] - truth) ** 2).sum(0) / np.maximum(((truth - truth.mean(0)) ** 2).sum(0), 1e-12)
+        out[name]["centre_r2"][split] = [float(1 - r) for r in resid]
+    else:  # along the relation's own axis only: the builder places the pair apart there, at random across it
+      fit_sides = np.array([canonical_side(s) for s in fit_specs])
+      weights = [_ridge(fit_x[fit_sides // 2 == axis], np.eye(2)[fit_sides[fit_sides // 2 == axis] % 2])
+                 for axis in (0, 1)]
+      out[name] = {"chance": 0.5}
+      for split, (x, specs) in tests.items():
+        sides = np.array([canonical_side(s) for s in specs])
+        pred = np.array([(row @ weights[side // 2]).argmax() for row, side in zip(x, sides)])
+        out[name][split] = proportion(pred == sides % 2)
+  return out
+
+
 def fashion_mnist_probe(scorer, n: int, seed: int) -> dict:
   from unclip_jax.data import builders
 
@@ -162,7 +235,7 @@ def run(ctx) -> dict:
   scorer = ctx.generator_clip
   out = {"clip": "the generator's CLIP (pipeline stage 'clip')", "shapes": shapes_probes(scorer, o.num, o.seed),
          "image_size": int(scorer.config.image_size), "linear_probe": linear_probe_transfer(scorer, o.num, o.seed),
-         "word_order": word_order_probe(scorer, o.num, o.seed)}
+         "word_order": word_order_probe(scorer, o.num, o.seed), "placement": placement_probe(scorer, o.num, o.seed)}
   if out["image_size"] != prompts.IMAGE_SIZE:
     out["shapes_resized_from_64px"] = shapes_probes(scorer, o.num, o.seed, prompts.IMAGE_SIZE)
   if not o.zeroshot_extra:
