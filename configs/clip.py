@@ -36,8 +36,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # loss: 'softmax' (CLIP InfoNCE) | 'sigmoid' (SigLIP; needs model.init_logit_bias)
   # hard_negatives: '' | comma-separated kinds of `unclip_jax.data.hard_negatives` (relation, color, count):
   # NegCLIP's word-order negatives, so that the embeddings keep relations, colour binding and counts.
+  # image_hard_negatives (needs 'relation' above): a flipped relation's picture, the image mirrored across the
+  # relation's axis, as a wrong image for the caption, so that the image tower has to encode placement.
   config.train = train = train_config(32768, 100_000, loss="softmax", max_logit_scale=math.log(100.0),
-                                      hard_negatives="")
+                                      hard_negatives="", image_hard_negatives=False)
   # The user's own image + caption folders or webdataset shards (`prepare image_text --name ...`).
   config.data = data = data_config("image_text", "", image_size=config.model.image_size)
 

@@ -183,3 +183,32 @@ def test_hard_negatives_sharded_match_single_device(kind):
   assert _rel_err(loss, ref_loss) <= 1e-6
   for name in ("wi", "wt", "logit_scale"):
     assert _rel_err(grads[name], ref_grads[name]) <= 1e-5, name
+
+
+def test_flipped_image_loss_rewards_telling_an_image_from_its_mirror_and_shards_like_one_device():
+  k = jax.random.split(jax.random.key(7), 3)
+  img, mir = jax.random.normal(k[0], (GLOBAL, DIM)), jax.random.normal(k[1], (GLOBAL, DIM))
+  valid = jax.random.bernoulli(k[2], 0.6, (GLOBAL,)).at[0].set(True)
+  scale = jnp.array(math.log(10.0))
+  # Captions that match their image (and twins their mirror) against captions that match the wrong one.
+  right, right_acc = contrastive.flipped_image_loss(img, mir, img, mir, scale, valid)
+  wrong, wrong_acc = contrastive.flipped_image_loss(img, mir, mir, img, scale, valid)
+  assert float(right_acc) == 1.0 and float(wrong_acc) == 0.0 and float(right) < 0.5 < float(wrong)
+  # Rows without a mirror count for nothing.
+  garbage = jnp.where(valid[:, None], mir, 100.0 * img)
+  assert _rel_err(contrastive.flipped_image_loss(img, garbage, img, garbage, scale, valid)[0],
+                  contrastive.flipped_image_loss(img, mir, img, mir, scale, valid)[0]) <= 1e-6
+  # Per device over shards of the global batch: the same loss and image gradients as on one device.
+  txt, neg = img + 0.5 * mir, mir + 0.3 * img
+  ref_loss, ref_grad = jax.value_and_grad(
+      lambda a: contrastive.flipped_image_loss(a, mir, txt, neg, scale, valid)[0])(img)
+  mesh = jax.make_mesh((N_DEV,), ("d",))
+  shard = lambda x: jax.device_put(x, NamedSharding(mesh, P("d")))  # noqa: E731
+
+  def per_device(a, m, t, n, v):
+    f = lambda a: contrastive.flipped_image_loss(a, m, t, n, scale, v, "d")[0]  # noqa: E731
+    return jax.value_and_grad(f)(a)
+
+  step = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("d"),) * 5, out_specs=(P(), P("d"))))
+  loss, grad = step(shard(img), shard(mir), shard(txt), shard(neg), shard(valid))
+  assert _rel_err(loss, ref_loss) <= 1e-6 and _rel_err(grad, ref_grad) <= 1e-5

@@ -14,6 +14,9 @@ Kinds:
   color     two different colour words of different things swapped ("a red circle and a blue square" →
             "a blue circle and a red square")
   count     a number word replaced by another ("three blue squares" → "two blue squares")
+
+A flipped relation also has a picture: the caption's own image mirrored across the relation's axis
+(`flip_axis`), which CLIP training can use as a wrong image for the caption (`train.image_hard_negatives`).
 """
 
 from __future__ import annotations
@@ -83,6 +86,28 @@ def count_changes(caption: str) -> list[str]:
 
 
 _MAKERS = {"relation": relation_flips, "color": color_swaps, "count": count_changes}
+
+HORIZONTAL_RELATIONS = ("left of", "right of")
+VERTICAL_RELATIONS = ("above", "below", "over", "under", "on top of", "beneath")
+NO_FLIP, FLIP_LEFT_RIGHT, FLIP_UP_DOWN = 0, 1, 2
+
+
+def flip_axis(caption: str, negative: str | None) -> int:
+  """Which mirror image of the caption's picture shows `negative`: FLIP_LEFT_RIGHT, FLIP_UP_DOWN or NO_FLIP.
+
+  Only a caption with exactly one relation, whose negative is that relation flipped: mirroring the picture
+  across the relation's axis swaps the two objects' sides there and keeps their colours and shapes (mirrored
+  up-down a triangle points down, still a triangle). "in front of", "inside" and the like have no mirror.
+  Why: a text-only negative teaches the text tower that the flipped wording differs, but the image tower never
+  has to say where anything is (the demo CLIP's image embedding carried no placement at all, even after
+  6000 steps with relation negatives); the mirrored image is the same objects with the sides swapped, so only
+  placement tells the two pictures apart."""
+  found = list(_RELATION.finditer(caption))
+  if negative is None or len(found) != 1 or negative not in relation_flips(caption):
+    return NO_FLIP
+  relation = found[0].group(1)
+  return FLIP_LEFT_RIGHT if relation in HORIZONTAL_RELATIONS else FLIP_UP_DOWN if relation in VERTICAL_RELATIONS \
+      else NO_FLIP
 
 
 def perturbations(caption: str, kinds=KINDS) -> list[str]:

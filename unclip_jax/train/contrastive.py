@@ -77,6 +77,27 @@ def clip_softmax_loss(image_embeds, text_embeds, logit_scale, axis_name: str | N
   return _mean_over_devices(loss, axis_name)
 
 
+def flipped_image_loss(image_embeds, mirror_embeds, text_embeds, negative_embeds, logit_scale, valid,
+                       axis_name: str | None = None):
+  """Image-side hard negatives of flipped relations: (loss, accuracy), the same on every device.
+
+  Per valid row, the caption must score its image above the image's mirror (the picture of its flipped
+  twin, `hard_negatives.flip_axis`), and the flipped twin the mirror above the image; each is a logistic
+  loss on the scaled cosine difference, summed, averaged over the global batch's valid rows. A pairwise term,
+  not more softmax columns: the two pictures differ only in placement, and so the term is all about it.
+  `accuracy`: how often the caption prefers its own image to the mirror.
+  """
+  img, mir, txt, neg = (normalize(x) for x in (image_embeds, mirror_embeds, text_embeds, negative_embeds))
+  scale = jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))
+  own, own_mirror = jnp.sum(txt * img, -1), jnp.sum(txt * mir, -1)
+  twin, twin_mirror = jnp.sum(neg * img, -1), jnp.sum(neg * mir, -1)
+  terms = jax.nn.softplus(scale * (own_mirror - own)) + jax.nn.softplus(scale * (twin - twin_mirror))
+  valid = valid.astype(jnp.float32)
+  total = lambda x: jax.lax.psum(x, axis_name) if axis_name else x  # noqa: E731
+  count = jnp.maximum(total(jnp.sum(valid)), 1.0)
+  return total(jnp.sum(terms * valid)) / count, total(jnp.sum((own > own_mirror) * valid)) / count
+
+
 def siglip_loss(image_embeds, text_embeds, logit_scale, logit_bias, axis_name: str | None = None, *,
                 negative_embeds=None, negative_valid=None):
   """SigLIP pairwise sigmoid loss: -Σ_ij log σ(±(t·x_i·y_j + b)) / global_batch, + on matched pairs.

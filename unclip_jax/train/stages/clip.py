@@ -1,6 +1,9 @@
 """CLIP stage: the contrastive loss over the global batch (softmax or SigLIP) on image-caption data, with
 optional word-order hard negatives (`train.hard_negatives`, NegCLIP): each caption's perturbed twin, such as
-the relation flipped, joins the batch as one more wrong caption for every image."""
+the relation flipped, joins the batch as one more wrong caption for every image; with
+`train.image_hard_negatives` a flipped relation's picture too (the image mirrored across the relation's axis,
+`hard_negatives.flip_axis`): its caption must prefer its own image to the mirror, and the flipped caption the
+mirror (`contrastive.flipped_image_loss`)."""
 
 from __future__ import annotations
 
@@ -35,10 +38,11 @@ class HardNegative(grain.RandomMapTransform):
   """Adds `negative_tokens` (int32 [context]), one hard negative of the caption drawn with the record's own
   random stream (reproducible, and resumed with the data iterator), and `has_negative` (False, with the
   empty caption's tokens, where the caption has none of the asked kinds). `exclude` drops negatives that no
-  training image fits (`hard_negatives.sample_negative`)."""
+  training image fits (`hard_negatives.sample_negative`). With `flips`, also `negative_flip` (int32): the
+  mirror of the image that shows the negative (`hard_negatives.flip_axis`; 0 where none does)."""
 
-  def __init__(self, context_length: int, kinds: tuple[str, ...], exclude=None):
-    self.context_length, self.kinds, self.exclude = context_length, kinds, exclude
+  def __init__(self, context_length: int, kinds: tuple[str, ...], exclude=None, flips: bool = False):
+    self.context_length, self.kinds, self.exclude, self.flips = context_length, kinds, exclude, flips
     self._tokenizer = None
 
   def random_map(self, example, rng):
@@ -47,7 +51,16 @@ class HardNegative(grain.RandomMapTransform):
     negative = hard_negatives.sample_negative(str(example["caption"]), self.kinds, rng, self.exclude)
     example["negative_tokens"] = np.asarray(self._tokenizer([negative or ""])[0], np.int32)
     example["has_negative"] = np.asarray(negative is not None)
+    if self.flips:
+      example["negative_flip"] = np.asarray(hard_negatives.flip_axis(str(example["caption"]), negative), np.int32)
     return example
+
+
+def mirrored(images, flip):
+  """Each image mirrored as `flip` says (`hard_negatives.FLIP_LEFT_RIGHT`, `FLIP_UP_DOWN`; else unchanged)."""
+  flip = flip[:, None, None, None]
+  return jnp.where(flip == hard_negatives.FLIP_LEFT_RIGHT, images[:, :, ::-1],
+                   jnp.where(flip == hard_negatives.FLIP_UP_DOWN, images[:, ::-1], images))
 
 
 class ClipStage(Stage):
@@ -64,6 +77,10 @@ class ClipStage(Stage):
       self.negative_kinds = hard_negatives.parse_kinds(config.train.get("hard_negatives", ""))
     except ValueError as e:
       raise UserError(f"--config.train.hard_negatives: {e}") from None
+    self.image_negatives = bool(config.train.get("image_hard_negatives", False))
+    if self.image_negatives and "relation" not in self.negative_kinds:
+      raise UserError("--config.train.image_hard_negatives needs 'relation' in --config.train.hard_negatives "
+                      "(the mirrored image is the picture of a flipped relation)")
 
   def operations(self):
     ops = [pipeline.ImageCaption(), Tokenize(self.model_config.context_length)]
@@ -71,7 +88,7 @@ class ClipStage(Stage):
       return ops
     # The shapes train split never shows its held-out combinations, so negatives naming them are dropped.
     exclude = shapes.caption_is_heldout if self.config.data.name == "shapes" else None
-    return ops + [HardNegative(self.model_config.context_length, self.negative_kinds, exclude)]
+    return ops + [HardNegative(self.model_config.context_length, self.negative_kinds, exclude, self.image_negatives)]
 
   def check_example(self, example):
     size = example["image"].shape[0]
@@ -89,6 +106,8 @@ class ClipStage(Stage):
     if self.negative_kinds:
       spec.update(negative_tokens=jax.ShapeDtypeStruct((n, c.context_length), jnp.int32),
                   has_negative=jax.ShapeDtypeStruct((n,), jnp.bool_))
+    if self.image_negatives:
+      spec["negative_flip"] = jax.ShapeDtypeStruct((n,), jnp.int32)
     return spec
 
   def loss(self, params, extra, batch, rng):
@@ -98,11 +117,14 @@ class ClipStage(Stage):
       out = self.model.apply({"params": params}, images, batch["tokens"])
       loss = contrastive.contrastive_loss(self.config.train.loss, out, axis_name=AXIS)
       return loss, {"loss": loss, "logit_scale": out["logit_scale"]}
-    # One text-tower call for the captions and their negatives.
+    # One text-tower call for the captions and their negatives (and one image-tower call for the images and
+    # their mirrors).
     n = batch["tokens"].shape[0]
+    if self.image_negatives:
+      images = jnp.concatenate([images, mirrored(images, batch["negative_flip"])])
     out = self.model.apply({"params": params}, images, jnp.concatenate([batch["tokens"], batch["negative_tokens"]]))
-    negatives = out["text_embeds"][n:]
-    out = dict(out, text_embeds=out["text_embeds"][:n])
+    negatives, mirrors = out["text_embeds"][n:], out["image_embeds"][n:]
+    out = dict(out, text_embeds=out["text_embeds"][:n], image_embeds=out["image_embeds"][:n])
     valid = batch["has_negative"].astype(bool)
     loss = contrastive.contrastive_loss(self.config.train.loss, out, axis_name=AXIS, negative_embeds=negatives,
                                         negative_valid=valid)
@@ -110,7 +132,14 @@ class ClipStage(Stage):
     img, txt, neg = (contrastive.normalize(x) for x in (out["image_embeds"], out["text_embeds"], negatives))
     wins = jnp.sum(((img * txt).sum(-1) > (img * neg).sum(-1)) & valid)
     order = jax.lax.psum(wins, AXIS) / jnp.maximum(jax.lax.psum(jnp.sum(valid), AXIS), 1)
-    return loss, {"loss": loss, "logit_scale": out["logit_scale"], "negative_accuracy": order}
+    metrics = {"negative_accuracy": order}
+    if self.image_negatives:
+      flip_loss, flip_accuracy = contrastive.flipped_image_loss(
+          out["image_embeds"], mirrors, out["text_embeds"], negatives, out["logit_scale"],
+          valid & (batch["negative_flip"] > 0), AXIS)
+      loss = loss + flip_loss
+      metrics.update(flip_loss=flip_loss, flip_accuracy=flip_accuracy)
+    return loss, {"loss": loss, "logit_scale": out["logit_scale"], **metrics}
 
   def postprocess(self, params):
     return contrastive.clamp_logit_scale(params)
