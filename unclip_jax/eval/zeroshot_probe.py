@@ -101,6 +101,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
   return np.c_[x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12), np.ones(len(x))]
 
 
+def _ridge(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """Weights of a ridge regression from rows of `x` (unit embedding + bias) to targets `y`."""
+  return np.linalg.solve(x.T @ x + PROBE_RIDGE * len(x) * np.eye(x.shape[1]), x.T @ y)
+
+
 def linear_probe_transfer(scorer, n: int, seed: int, image_size: int | None = None) -> dict:
   """Colour and shape of single-object scenes read from the CLIP image embedding by ridge-regression
   probes (unit-norm embedding + bias → one-hot class) fit on seen pairs only, then scored on `n` new seen
@@ -117,9 +122,7 @@ def linear_probe_transfer(scorer, n: int, seed: int, image_size: int | None = No
     tests[split] = (_unit(scorer.encode_images(images)), _objects(specs))
   out = {"fit_scenes": len(fit_objects), "fit_pairs": seen_pairs}
   for attribute, index, classes in (("colour", 0, list(shapes.COLORS)), ("shape", 1, list(shapes.SHAPES))):
-    targets = np.eye(len(classes))[[classes.index(o[index]) for o in fit_objects]]
-    gram = fit_x.T @ fit_x + PROBE_RIDGE * len(fit_x) * np.eye(fit_x.shape[1])
-    weights = np.linalg.solve(gram, fit_x.T @ targets)
+    weights = _ridge(fit_x, np.eye(len(classes))[[classes.index(o[index]) for o in fit_objects]])
     out[attribute] = {}
     for split, (x, objects) in tests.items():
       truth = np.array([classes.index(o[index]) for o in objects])
@@ -129,12 +132,6 @@ def linear_probe_transfer(scorer, n: int, seed: int, image_size: int | None = No
 
 PLACEMENT_FIT = 400  # seen scenes each placement probe is fit on
 RELATION_SIDES = ("left of", "right of", "above", "below")
-_OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-
-
-def _ridge(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-  """Weights of a ridge regression from rows of `x` (unit embedding + bias) to targets `y`."""
-  return np.linalg.solve(x.T @ x + PROBE_RIDGE * len(x) * np.eye(x.shape[1]), x.T @ y)
 
 
 def _centres(specs, size: int) -> np.ndarray:
@@ -151,7 +148,7 @@ def canonical_side(spec: dict) -> int:
   the other: the relation without the caption's word order."""
   objs, rel = spec["objects"], spec["relation"]
   a, b = objs[rel["subject"]], objs[rel["object"]]
-  side = rel["relation"] if (a["color"], a["shape"]) <= (b["color"], b["shape"]) else _OPPOSITE[rel["relation"]]
+  side = rel["relation"] if (a["color"], a["shape"]) <= (b["color"], b["shape"]) else hard_negatives.RELATION_OPPOSITES[rel["relation"]]
   return RELATION_SIDES.index(side)
 
 
@@ -160,8 +157,8 @@ def placement_probe(scorer, n: int, seed: int, image_size: int | None = None) ->
   scored on `n` new seen and `n` held-out ones: a single object's quadrant (with the R² of its centre), and
   in position scenes the canonical side (`canonical_side`) along the relation's axis, one probe per axis
   (across it the builder places the pair at random, so a picture can show both "left of" and "above"). Both
-  at chance: the embedding does not carry
-  placement, so no prior or decoder conditioned on it can place objects from it."""
+  at chance: the embedding does not carry placement, so no prior or decoder conditioned on it can place
+  objects from it."""
   image_size = image_size or int(scorer.config.image_size)
   out = {"fit_scenes": PLACEMENT_FIT}
   for name, task in (("single_quadrant", "single"), ("position_side", "position")):
