@@ -3,6 +3,8 @@
     python -m unclip_jax.pipeline init-random --preset tiny --out DIR
     python -m unclip_jax.pipeline assemble --clip C --prior P --decoder D --sr-64-256 S [--sr-64-256-last L] --out DIR
     python -m unclip_jax.pipeline pack SRC --out DIR [--dtype float16] [--meta results.json] [--reuse-unchanged OLD]
+    python -m unclip_jax.pipeline remap --decoder D --old-clip C --new-clip C2 --data_dir DIR --dataset shapes \
+        [--dataset_config 32] [--num 4096] --out DIR
 """
 
 from __future__ import annotations
@@ -43,10 +45,27 @@ def main(argv: Sequence[str]) -> int:
   k.add_argument("--reuse-unchanged", dest="reuse", default=None, metavar="OLD",
                  help="an earlier packed folder: stages whose weights are identical keep its files (a re-ship of "
                       "unchanged weights then changes no weight file in git)")
+  r = sub.add_parser("remap", help="a decoder's CLIP input layers refit for a retrained CLIP (a warm start for "
+                                   "train.init_from; unclip_jax.pipeline.remap)")
+  r.add_argument("--decoder", required=True, help="decoder stage folder (export or packed)")
+  r.add_argument("--old-clip", dest="old_clip", required=True, help="the CLIP stage the decoder was trained with")
+  r.add_argument("--new-clip", dest="new_clip", required=True, help="the retrained CLIP stage")
+  r.add_argument("--data_dir", required=True, help="root folder of prepared datasets")
+  r.add_argument("--dataset", required=True, help="prepared dataset whose scenes the maps are fit on, e.g. shapes")
+  r.add_argument("--dataset_config", default=None, help="its builder config, e.g. 32")
+  r.add_argument("--split", default="train")
+  r.add_argument("--num", type=int, default=4096, help="scenes to fit on")
+  r.add_argument("--out", required=True)
   args = parser.parse_args(list(argv))
   check_writable(args.out, "--out")
   if args.command == "init-random":
     out = make_random_pipeline(args.out, args.preset, args.seed)
+  elif args.command == "remap":
+    from unclip_jax.pipeline.remap import remap_decoder
+
+    remap_decoder(args.decoder, args.old_clip, args.new_clip, args.out, data_dir=args.data_dir,
+                  dataset=args.dataset, dataset_config=args.dataset_config, split=args.split, num=args.num)
+    out = args.out
   elif args.command == "assemble":
     out = assemble(args.out, {n: getattr(args, n) for n in STAGE_KINDS}, preset=args.preset)
   else:
