@@ -55,6 +55,8 @@ def main(argv: Sequence[str]) -> int:
   r.add_argument("--dataset_config", default=None, help="its builder config, e.g. 32")
   r.add_argument("--split", default="train")
   r.add_argument("--num", type=int, default=4096, help="scenes to fit on")
+  r.add_argument("--ridge", type=float, default=None,
+                 help="ridge strength, relative to the inputs' mean variance (default: remap.RIDGE, 1e-3)")
   r.add_argument("--out", required=True)
   args = parser.parse_args(list(argv))
   check_writable(args.out, "--out")
@@ -64,7 +66,8 @@ def main(argv: Sequence[str]) -> int:
     from unclip_jax.pipeline.remap import remap_decoder
 
     remap_decoder(args.decoder, args.old_clip, args.new_clip, args.out, data_dir=args.data_dir,
-                  dataset=args.dataset, dataset_config=args.dataset_config, split=args.split, num=args.num)
+                  dataset=args.dataset, dataset_config=args.dataset_config, split=args.split, num=args.num,
+                  **({} if args.ridge is None else {"ridge": args.ridge}))
     out = args.out
   elif args.command == "assemble":
     out = assemble(args.out, {n: getattr(args, n) for n in STAGE_KINDS}, preset=args.preset)
