@@ -58,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 7200 steps, about 80 min on 2 idle cores. Held-out colour-shape pairs come late: from the real image's
     # CLIP embedding this decoder drew single objects right 0.63 seen / 0.03 held-out after 3600 steps and
     # 0.93 / 0.23 after 7200 (`evaluate --suite stages`, 30 prompts each); continued with DEMO_DECODER_ARGS=
-    # "--config.train.steps=14400", then "=21600" (the shipped decoder): 1.00 / 0.33, then 1.00 / 0.57.
+    # "--config.train.steps=14400", then "=21600" (where the shipped decoder starts): 1.00 / 0.33, then 1.00 / 0.57.
     train.batch_size, train.steps = 16, 7200
     train.text_drop = 0.2
     config.diffusion.sample.guidance_scale = 3.0  # the training grids' guidance (Karlo's 8 overshoots small models)

@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     train.batch_size, train.steps = 64, 2000
     # v-prediction, not the paper's x0: this small x0 prior's samples of one caption are all but one point
     # (spread 1.000, against 0.91 between two real renders: its x0 does not give x_t back at low noise), and
-    # with the shipped decoder it drew held-out colour-shape pairs right 0.37 of the time, the v-prior 0.57.
+    # with the 2026-12-02 decoder it drew held-out colour-shape pairs right 0.37 of the time, the v-prior 0.57.
     config.diffusion.prediction = "v"
     config.optim.update(dict(lr=5e-4, warmup_steps=100, ema_decay=0.995))
     train.log_every, train.checkpoint_every = 50, 250

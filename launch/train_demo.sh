@@ -22,7 +22,7 @@ CONFIGS="$REPO/configs"
 # XLA flags: the CLIs' CPU defaults (unclip_jax/xla_flags.py: 2 virtual devices, one per core, unless
 # XLA_FLAGS is set). No YNNPACK fusion flag: on jax 0.10 `--xla_cpu_experimental_ynn_fusion_type=
 # dot,eltwise,reduce` made the demo's CLIP step about 2x and its decoder step about 20% slower (README,
-# "Benchmarks"); the shipped weights were trained with it.
+# "Benchmarks"); the 2026-12-02 weights were trained with it, the 2026-12-04 CLIP, prior and decoder fine-tune without.
 mkdir -p "$OUT/logs"
 cd "$OUT"
 
