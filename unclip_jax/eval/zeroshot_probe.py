@@ -148,7 +148,8 @@ def canonical_side(spec: dict) -> int:
   the other: the relation without the caption's word order."""
   objs, rel = spec["objects"], spec["relation"]
   a, b = objs[rel["subject"]], objs[rel["object"]]
-  side = rel["relation"] if (a["color"], a["shape"]) <= (b["color"], b["shape"]) else hard_negatives.RELATION_OPPOSITES[rel["relation"]]
+  first_is_subject = (a["color"], a["shape"]) <= (b["color"], b["shape"])
+  side = rel["relation"] if first_is_subject else hard_negatives.RELATION_OPPOSITES[rel["relation"]]
   return RELATION_SIDES.index(side)
 
 

@@ -84,27 +84,24 @@ def remap_text_proj(text_proj: dict, maps: dict[str, tuple[np.ndarray, np.ndarra
 
 def clip_outputs(clip_dir: str | Path, images: np.ndarray, captions: Sequence[str], batch_size: int = 256
                  ) -> dict[str, np.ndarray]:
-  """What the embedded dataset would hold for these scenes under CLIP `clip_dir`: image_embedding [N, E],
-  text_embedding [N, E], and text_states [M, W] of the M real tokens (start and end included)."""
-  import jax
-
-  from unclip_jax.models import clip as clip_model
-  from unclip_jax.models.clip_encoder import clip_pixels, image_encoder, load_clip, text_encoder
-  from unclip_jax.models.tokenizer import default_tokenizer
+  """What the embedded dataset would hold for these scenes under CLIP `clip_dir` (the same `ClipEmbedder`
+  forward): image_embedding [N, E], text_embedding [N, E], and text_states [M, W] of the M real tokens
+  (start and end included)."""
+  from unclip_jax.models.clip_encoder import ClipEmbedder, clip_pixels, load_clip, text_mask
+  from unclip_jax.models.tokenizer import Tokenizer
 
   config, params = load_clip(clip_dir)
-  model = clip_model.CLIP(config)
-  encode_image, encode_text = jax.jit(image_encoder(model)), jax.jit(text_encoder(model))
-  tokens = np.asarray(default_tokenizer()(list(captions), config.context_length), np.int32)
+  embedder = ClipEmbedder(config, params, batch_size)
+  tokens = Tokenizer(context_length=config.context_length)(list(captions), config.context_length)
   pixels = np.stack([clip_pixels(im, config.image_size) for im in images])
   parts: dict[str, list] = {"image_embedding": [], "text_embedding": [], "text_states": []}
-  for start in range(0, len(pixels), batch_size):
-    sl = slice(start, start + batch_size)
-    parts["image_embedding"].append(np.asarray(encode_image(params, pixels[sl]), np.float32))
-    embeds, states, mask = encode_text(params, tokens[sl])
-    parts["text_embedding"].append(np.asarray(embeds, np.float32))
-    parts["text_states"].append(np.asarray(states, np.float32)[np.asarray(mask)])
-  return {k: np.concatenate(v) for k, v in parts.items()}
+  for start in range(0, len(pixels), embedder.batch_size):
+    sl = slice(start, start + embedder.batch_size)
+    out = embedder(pixels[sl], tokens[sl])
+    parts["image_embedding"].append(out["image_embedding"])
+    parts["text_embedding"].append(out["text_embedding"])
+    parts["text_states"].append(out["text_states"][text_mask(tokens[sl])])
+  return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
 
 
 def fit_maps(old: dict[str, np.ndarray], new: dict[str, np.ndarray], ridge: float = RIDGE
