@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif name == "demo":
     data.name, data.config = "shapes", "32"  # `prepare shapes --image_size 32`: 50,000 captioned 32x32 scenes
     train.batch_size = 128
-    # 4000 steps, about 46 min here. Relation hard negatives with their mirrored images: without them the image
+    # 4000 steps, about 54 min on 2 cores. Relation hard negatives with their mirrored images: without them the image
     # embedding says nothing about where objects are (a linear probe reads a position scene's side at chance,
     # 0.43 / 0.53), so neither the prior nor the decoder could place anything (README, "Training").
     train.steps = 4000
