@@ -70,6 +70,11 @@ def parse(argv: Sequence[str]):
   p.add_argument("--decoder-steps", default=None, help="decoder sampling steps (default: the pipeline's)")
   p.add_argument("--prior-steps", default=None, help="prior sampling steps (default: the pipeline's)")
   p.add_argument("--sr-steps", default=None, help="upsampler sampling steps (default: the pipeline's)")
+  p.add_argument("--prior-candidates", type=int, default=None,
+                 help="prior samples per caption, the largest z_i·z_t kept (default: the pipeline's)")
+  p.add_argument("--decoder-candidates", type=int, default=None,
+                 help="decoder images per output, the one the pipeline's CLIP rates nearest the caption kept "
+                      "(default: the pipeline's; 1 grades without CLIP reranking)")
   p.add_argument("--no-extra-zeroshot", action="store_true", help="zeroshot suite: skip fashion_mnist and emoji")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
   p.add_argument("--verbose", action="store_true", help="print the pipeline's per-call log")
@@ -80,7 +85,7 @@ def parse(argv: Sequence[str]):
     raise UserError(f"unknown suite {args.suite!r}; choose one of {', '.join(SUITE_CHOICES)}")
   for what in ("num", "batch", "train_ref"):
     _positive(getattr(args, what), f"--{what.replace('_', '-')}")
-  for what in ("guidance_num", "feature_steps", "eval_clip_steps"):
+  for what in ("guidance_num", "feature_steps", "eval_clip_steps", "prior_candidates", "decoder_candidates"):
     if getattr(args, what) is not None:
       _positive(getattr(args, what), f"--{what.replace('_', '-')}")
   if not 0 <= args.seed < 2 ** 31:
@@ -111,7 +116,10 @@ def options(args):
   for stages, value in ((("decoder",), args.decoder_steps), (("prior",), args.prior_steps),
                         (("sr_64_256", "sr_256_1024"), args.sr_steps)):
     for stage in stages if value is not None else ():
-      o.overrides[stage] = {"steps": value}
+      o.overrides.setdefault(stage, {})["steps"] = value
+  for stage in ("prior", "decoder"):
+    if getattr(args, f"{stage}_candidates") is not None:
+      o.overrides.setdefault(stage, {})["candidates"] = getattr(args, f"{stage}_candidates")
   return o
 
 

@@ -36,8 +36,8 @@ from unclip_jax.errors import ArgumentParser, UserError, run_cli
 from unclip_jax.images import load_image, make_grid
 from unclip_jax.models.tokenizer import clean_text
 from unclip_jax.outputs import OutputSet
-from unclip_jax.pipeline import (PIPELINE_FILE, Pipeline, StageSampling, check_sampling, check_scale, check_steps,
-                                 default_pipeline, image_keys, read_pipeline)
+from unclip_jax.pipeline import (MAX_CANDIDATES, PIPELINE_FILE, Pipeline, StageSampling, check_sampling, check_scale,
+                                 check_steps, default_pipeline, image_keys, read_pipeline)
 
 MODES = ("variations", "interpolate", "textdiff")
 SIDECAR_VERSION = 1
@@ -58,8 +58,12 @@ def _common(p: argparse.ArgumentParser) -> None:
   p.add_argument("--prior-guidance", default=None, help="prior classifier-free guidance scale")
   p.add_argument("--decoder-guidance", default=None, help="decoder classifier-free guidance scale")
   p.add_argument("--sampler", default=None, choices=("ddpm", "ddim"), help="prior and decoder sampler")
-  p.add_argument("--prior-candidates", type=int, default=1,
-                 help="prior samples per caption; the one with the largest z_i·z_t is kept")
+  p.add_argument("--prior-candidates", type=int, default=None,
+                 help="prior samples per caption; the one with the largest z_i·z_t is kept (default: pipeline.json)")
+  p.add_argument("--decoder-candidates", type=int, default=None,
+                 help="decoder images per output; the one the pipeline's CLIP rates nearest the caption (the source "
+                      "image for variations) is kept: CLIP reranking (default: pipeline.json; interpolate and "
+                      "textdiff draw one)")
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                  help="compute dtype (default: each stage's config); parameters stay float32")
   p.add_argument("--ema", default=True, action=argparse.BooleanOptionalAction,
@@ -123,8 +127,12 @@ def _overrides(args) -> dict:
     o["prior"]["sampler"] = o["decoder"]["sampler"] = args.sampler
   if args.batch_size is not None and not 1 <= args.batch_size <= 4096:
     raise UserError(f"--batch-size must lie between 1 and 4096, got {args.batch_size}")
-  if not 1 <= args.prior_candidates <= 64:
-    raise UserError(f"--prior-candidates must lie between 1 and 64, got {args.prior_candidates}")
+  for stage in ("prior", "decoder"):
+    n = getattr(args, f"{stage}_candidates")
+    if n is not None:
+      if not 1 <= n <= MAX_CANDIDATES:
+        raise UserError(f"--{stage}-candidates must lie between 1 and {MAX_CANDIDATES}, got {n}")
+      o[stage]["candidates"] = n
   if not 0 <= args.seed < 2 ** 32:
     raise UserError(f"--seed must lie in [0, 2**32), got {args.seed}")
   return o
@@ -198,7 +206,8 @@ def _base_record(args, pipe, settings, mode: str) -> dict:
           "steps": {s: v.steps for s, v in settings.items()},
           "guidance": {s: v.guidance_scale for s, v in settings.items() if s in ("prior", "decoder")},
           "sampler": {s: v.sampler for s, v in settings.items()},
-          "prior_candidates": args.prior_candidates, "dtype": args.dtype or "config", "ema": bool(args.ema),
+          "prior_candidates": settings["prior"].candidates if "prior" in settings else 1,
+          "dtype": args.dtype or "config", "ema": bool(args.ema),
           "weights": pipe.weights, "size": pipe.output_size}
 
 
@@ -276,8 +285,7 @@ def run_text(args, log) -> list[Path]:
   seeds = [args.seed + i for i in range(len(all_prompts))]
   if seeds[-1] >= 2 ** 32:
     raise UserError("--seed plus the number of images must stay below 2**32")
-  result = pipe.generate(all_prompts, seeds, settings, candidates=args.prior_candidates, batch=args.batch_size,
-                         trajectory=args.trajectory)
+  result = pipe.generate(all_prompts, seeds, settings, batch=args.batch_size, trajectory=args.trajectory)
   _report_timings(pipe, len(all_prompts), log)
   records = [{"prompt": p, "seed": seed} for p, seed in zip(all_prompts, seeds)]
   cols = args.num if len(prompts) > 1 else min(len(all_prompts), 8)
@@ -300,15 +308,16 @@ def run_sidecar(args, log) -> list[Path]:
   args.checkpoint = args.checkpoint or rec["checkpoint"]
   args.dtype = None if rec.get("dtype", "config") == "config" else rec["dtype"]
   args.ema = bool(rec.get("ema", True))
-  args.prior_candidates = int(rec.get("prior_candidates", 1))
   writer = OutputSet(args.out, overwrite=args.overwrite)
   pipe = _load(args, log)
-  settings = {s: check_sampling(StageSampling.from_dict(d), s) for s, d in rec["settings"].items()}
+  # sidecars before the `candidates` setting kept the prior's count beside the settings
+  older = {"prior": {"candidates": rec.get("prior_candidates", 1)}}
+  settings = {s: check_sampling(StageSampling.from_dict({**older.get(s, {}), **d}), s)
+              for s, d in rec["settings"].items()}
   if set(settings) != set(pipe.sampling):
     raise UserError(f"{path} names stages {sorted(settings)}, the pipeline has {sorted(pipe.sampling)}")
   rows = int(rec["batch_size"])
-  result = pipe.generate([rec["prompt"]], [int(rec["seed"])], settings, candidates=args.prior_candidates,
-                         batch=rows, rows=rows)
+  result = pipe.generate([rec["prompt"]], [int(rec["seed"])], settings, batch=rows, rows=rows)
   name = path.stem
   writer.png(f"{name}.png", result["images"][0])
   writer.json(f"{name}.json", {**rec, "reproduced_from": str(path.absolute())})

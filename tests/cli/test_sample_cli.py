@@ -62,6 +62,36 @@ def test_text_to_image_writes_pngs_sidecars_grid_and_reproduces(pipe_dir, tmp_pa
   assert not np.array_equal(imgs[2], imgs[3])
 
 
+def test_decoder_candidates_from_the_flag_or_pipeline_json_are_recorded_and_reproduced(pipe_dir, tmp_path, capsys):
+  """--decoder-candidates (CLIP reranking) overrides pipeline.json's decoder `candidates`; the sidecar records
+  the count and replays the same image; candidate 0 is the image drawn without reranking, so a prompt whose
+  best candidate is another one draws a different image."""
+  args = ["--checkpoint", pipe_dir, "--prompt", "a red square", "--prompt", "a cat", "--num", 2, "--seed", 3]
+  code, _, err = cli(args + ["--out", tmp_path / "one"], capsys)
+  assert code == 0, err
+  code, _, err = cli(args + ["--decoder-candidates", 3, "--out", tmp_path / "three"], capsys)
+  assert code == 0, err
+  rec = json.loads((tmp_path / "three" / "0001.json").read_text())
+  assert rec["settings"]["decoder"]["candidates"] == 3 and rec["settings"]["prior"]["candidates"] == 1
+  one, three = ([png(tmp_path / d / f"000{i}.png") for i in range(4)] for d in ("one", "three"))
+  assert any(not np.array_equal(a, b) for a, b in zip(one, three))
+  code, _, err = cli(["--from-sidecar", tmp_path / "three" / "0001.json", "--out", tmp_path / "again"], capsys)
+  assert code == 0, err
+  np.testing.assert_array_equal(png(tmp_path / "again" / "0001.png"), three[1])
+
+  # the same count as the pipeline's default, from pipeline.json
+  meta = json.loads((pipe_dir / P.PIPELINE_FILE).read_text())
+  meta["stages"] = {k: str((pipe_dir / v).absolute()) for k, v in meta["stages"].items()}
+  meta["sampling"]["decoder"]["candidates"] = 3
+  folder = tmp_path / "ranked"
+  folder.mkdir()
+  (folder / P.PIPELINE_FILE).write_text(json.dumps(meta))
+  code, _, err = cli(["--checkpoint", folder] + args[2:] + ["--out", tmp_path / "default"], capsys)
+  assert code == 0, err
+  for i in range(4):
+    np.testing.assert_array_equal(png(tmp_path / "default" / f"000{i}.png"), three[i])
+
+
 def test_same_seed_same_image_different_seed_different(pipe_dir):
   pipe = sample._CACHE and next(iter(sample._CACHE.values())) or P.Pipeline.load(pipe_dir, log=lambda m: None)
   r = pipe.generate(["a cat", "a cat", "a cat"], [5, 5, 6], pipe.settings())
@@ -127,6 +157,8 @@ def test_textdiff_with_trajectory(pipe_dir, images, tmp_path, capsys):
     (["--prompt", "x", "--decoder-guidance", "nan"], "--decoder-guidance must be a finite number"),
     (["--prompt", "x", "--prior-guidance", "inf"], "--prior-guidance must be a finite number"),
     (["--prompt", "x", "--num", "0"], "--num must lie between"),
+    (["--prompt", "x", "--decoder-candidates", "0"], "--decoder-candidates must lie between 1 and 64"),
+    (["--prompt", "x", "--prior-candidates", "65"], "--prior-candidates must lie between 1 and 64"),
     (["variations", "{img}/not_an_image.png"], "is not an image file"),
     (["variations", "{img}/nope.png"], "does not exist"),
     (["interpolate", "{img}/a.png", "{img}/b.jpg", "--frames", "1"], "--frames must lie between"),

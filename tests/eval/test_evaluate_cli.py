@@ -38,6 +38,7 @@ def _run(argv, capsys):
     (["--suite", "poetry"], "unknown suite"),
     (["--suite", "fd", "--num", "0"], "--num must be at least 1"),
     (["--suite", "guidance", "--decoder-guidance", "1,x"], "--decoder-guidance"),
+    (["--suite", "fd", "--decoder-candidates", "0"], "--decoder-candidates must be at least 1"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, capsys, args, words, monkeypatch):
   from unclip_jax.pipeline import folder
@@ -136,3 +137,13 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
   with pytest.raises(UserError, match="needs one line"):
     report.replace_block(tmp_path / "plain.md", "x")
   assert (tmp_path / "plain.md").read_text() == "no markers\n"
+
+
+def test_candidates_and_steps_flags_become_stage_overrides():
+  """--decoder-candidates grades with CLIP reranking (1: without), beside --decoder-steps for the same stage."""
+  from unclip_jax import evaluate
+
+  o = evaluate.options(evaluate.parse(["--suite", "compositional", "--decoder-steps", "5", "--decoder-candidates", "3",
+                                         "--prior-candidates", "2"]))
+  assert o.overrides == {"decoder": {"steps": "5", "candidates": 3}, "prior": {"candidates": 2}}
+  assert evaluate.options(evaluate.parse(["--suite", "fd"])).overrides == {}

@@ -54,3 +54,60 @@ def test_one_program_per_call_equals_the_stages_run_one_by_one(pipe_dir):
   np.testing.assert_allclose(r["image_embeds"], emb, atol=1e-5)
   np.testing.assert_allclose(r["small"], small, atol=1e-4)
   assert np.abs(r["images"].astype(int) - big).max() <= 1
+
+
+def test_decoder_candidates_keep_the_one_clip_rates_nearest_the_caption(pipe_dir):
+  """CLIP reranking: with decoder candidates K, each image is drawn K times (candidate 0 is the image drawn
+  without candidates) and the one whose CLIP image embedding has the largest cosine with the caption's text
+  embedding is kept; the prior is untouched."""
+  import dataclasses
+
+  import jax
+
+  from unclip_jax.models import clip_encoder
+
+  pipe = P.Pipeline.load(pipe_dir, log=lambda m: None)
+  plain = pipe.settings()
+  k = 3
+  ranked = pipe.settings({"decoder": {"candidates": k}})
+  assert ranked["decoder"].candidates == k and ranked["prior"] == plain["prior"]
+  prompts, seeds = ["a red square", "a blue circle", "a cat"], [5, 6, 7]
+  one = pipe.generate(prompts, seeds, plain)
+  best = pipe.generate(prompts, seeds, ranked)
+  np.testing.assert_array_equal(best["image_embeds"], one["image_embeds"])
+
+  # every candidate drawn by the decoder stage alone, then rated with the CLIP image tower on [0, 1] pixels
+  text = pipe.encode_text(prompts)
+  single = dataclasses.replace(plain["decoder"], candidates=1)
+  keys = P.image_keys(seeds)
+  cands = np.stack([pipe.decode(one["image_embeds"], text, np.stack([np.asarray(P.candidate_keys(kk, k)[c])
+                                                                     for kk in keys]), single)
+                    for c in range(k)], axis=1)  # (B, K, H, W, 3)
+  np.testing.assert_allclose(cands[:, 0], one["small"], atol=1e-4)
+  encode = jax.jit(clip_encoder.image_encoder(pipe.clip, pipe.clip_config))
+  flat = P.upsample_bicubic(cands.reshape((-1,) + cands.shape[2:]), pipe.clip_config.image_size)
+  z = np.asarray(encode(pipe.clip_params, (np.asarray(flat) + 1) / 2)).reshape(len(prompts), k, -1)
+  z = z / np.linalg.norm(z, axis=-1, keepdims=True)
+  t = text.embeds / np.linalg.norm(text.embeds, axis=-1, keepdims=True)
+  scores = np.einsum("bke,be->bk", z, t)
+  assert np.all(np.sort(scores, axis=1)[:, -1] - np.sort(scores, axis=1)[:, -2] > 1e-4)  # no near-ties
+  want = cands[np.arange(len(prompts)), scores.argmax(1)]
+  np.testing.assert_allclose(best["small"], want, atol=1e-4)
+  assert not np.allclose(best["small"], one["small"], atol=1e-3)  # some image changed: the test can fail
+
+
+def test_decoder_candidates_without_an_image_tower_or_for_an_upsampler_are_one_error(pipe_dir):
+  import dataclasses
+
+  import pytest
+
+  from unclip_jax.errors import UserError
+
+  pipe = P.Pipeline.load(pipe_dir, log=lambda m: None)
+  with pytest.raises(UserError, match="sr_64_256: only the prior and the decoder"):
+    pipe.settings({"sr_64_256": {"candidates": 2}})
+  with pytest.raises(UserError, match="decoder candidates must lie between 1 and 64"):
+    pipe.settings({"decoder": {"candidates": 65}})
+  pipe.clip_config = dataclasses.replace(pipe.clip_config, image_tower=False)
+  with pytest.raises(UserError, match="text encoder only; decoder candidates"):
+    pipe.generate(["a red square"], [0], pipe.settings({"decoder": {"candidates": 2}}))

@@ -13,13 +13,13 @@ from unclip_jax.pipeline.engine import Component, Pipeline
 from unclip_jax.pipeline.folder import (DEMO_PIPELINE, PIPELINE_FILE, REQUIRED, STAGE_KINDS, assemble,
                                         default_pipeline, load_stage_tree, pack, read_pipeline)
 from unclip_jax.pipeline.programs import (DECODER_KEY, DECODER_NOISE_KEY, PRIOR_KEY, SR_KEY, SRStage, TextEncoding,
-                                          bicubic_matrix, image_keys, upsample_bicubic)
+                                          bicubic_matrix, candidate_keys, image_keys, upsample_bicubic)
 from unclip_jax.pipeline.random_weights import make_random_pipeline, random_params, random_stage_configs
-from unclip_jax.pipeline.settings import (DIFFUSION_STAGES, StageSampling, check_sampling, check_scale, check_steps,
-                                          sample_kwargs)
+from unclip_jax.pipeline.settings import (DIFFUSION_STAGES, MAX_CANDIDATES, StageSampling, check_sampling, check_scale,
+                                          check_steps, sample_kwargs)
 
-__all__ = ["Component", "Pipeline", "DEMO_PIPELINE", "default_pipeline", "pack", "PIPELINE_FILE", "REQUIRED", "STAGE_KINDS", "assemble", "load_stage_tree",
-           "read_pipeline", "DECODER_KEY", "DECODER_NOISE_KEY", "PRIOR_KEY", "SR_KEY", "SRStage", "TextEncoding",
-           "bicubic_matrix", "image_keys", "upsample_bicubic", "make_random_pipeline", "random_params",
-           "random_stage_configs", "DIFFUSION_STAGES", "StageSampling", "check_sampling", "check_scale",
-           "check_steps", "sample_kwargs"]
+__all__ = ["Component", "Pipeline", "DEMO_PIPELINE", "default_pipeline", "pack", "PIPELINE_FILE", "REQUIRED",
+           "STAGE_KINDS", "assemble", "load_stage_tree", "read_pipeline", "DECODER_KEY", "DECODER_NOISE_KEY",
+           "PRIOR_KEY", "SR_KEY", "SRStage", "TextEncoding", "bicubic_matrix", "candidate_keys", "image_keys",
+           "upsample_bicubic", "make_random_pipeline", "random_params", "random_stage_configs", "DIFFUSION_STAGES",
+           "MAX_CANDIDATES", "StageSampling", "check_sampling", "check_scale", "check_steps", "sample_kwargs"]

@@ -10,6 +10,7 @@ once per (batch rows, settings), the guidance scales being arguments. The stage 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -152,7 +153,12 @@ class Pipeline:
     return programs.prior_piece(self.prior, self.process("prior", s.steps), s, candidates)
 
   def _decoder_piece(self, s: StageSampling, trajectory: bool):
-    return programs.decoder_piece(self.decoder, self.process("decoder", s.steps), self.image_size, s, trajectory)
+    scorer = None
+    if s.candidates > 1:
+      self._need_image_tower("decoder candidates (CLIP reranking)")
+      scorer = programs.clip_scorer(self.clip, self.clip_config)
+    return programs.decoder_piece(self.decoder, self.process("decoder", s.steps), self.image_size, s, trajectory,
+                                  scorer)
 
   def _upsample_piece(self, settings: dict[str, StageSampling]):
     return programs.upsample_piece([(sr, settings[sr.name], self.process(sr.name, settings[sr.name].steps))
@@ -180,12 +186,15 @@ class Pipeline:
     """The empty caption's encoding repeated n times."""
     return TextEncoding(*(np.repeat(a, n, axis=0) for a in self._uncond_row()))
 
+  def _need_image_tower(self, what: str) -> None:
+    if not self.clip_config.image_tower:
+      raise UserError(f"{self.name or 'this pipeline'}: its CLIP is a text encoder only; {what} need an image "
+                      "encoder (for Karlo: python -m unclip_jax.convert karlo ... --variations "
+                      "KARLO_IMAGE_VARIATIONS_DIR)")
+
   def encode_images(self, images: np.ndarray, batch: int | None = None) -> np.ndarray:
     """uint8 (B, S, S, 3) at the CLIP image size → (B, E) CLIP image embeddings (unnormalised)."""
-    if not self.clip_config.image_tower:
-      raise UserError(f"{self.name or 'this pipeline'}: its CLIP is a text encoder only; variations, interpolate and "
-                      "textdiff need an image encoder (for Karlo: python -m unclip_jax.convert karlo ... "
-                      "--variations KARLO_IMAGE_VARIATIONS_DIR)")
+    self._need_image_tower("variations, interpolate and textdiff")
     fn = clip_encoder.image_encoder(self.clip, self.clip_config)
     return self.runner.run_chunked("clip_image", (), fn, (self.clip_params,), (images,), len(images), batch)
 
@@ -210,10 +219,12 @@ class Pipeline:
     """Decoder-size images in [-1, 1] (B, H, W, 3) from CLIP image embeddings and captions; with
     `trajectory` also the predicted x0 after every step (B, steps, H, W, 3)."""
     piece = self._decoder_piece(settings, trajectory)
-    fn = lambda p, scale, u, keys, x_T, emb, *text: piece(p, scale, keys, x_T, emb, text, u)  # noqa: E731
+    fn = lambda w, scale, u, keys, x_T, emb, *text: piece(w["decoder"], scale, keys, x_T, emb, text, u,  # noqa: E731
+                                                          w["clip"], text[0])
     x_T = self.decoder_noise(keys) if x_T is None else x_T
+    weights = {"decoder": self.decoder_params, "clip": self.clip_params if settings.candidates > 1 else None}
     return self.runner.run("decoder", settings.compiled_key() + (trajectory,), fn,
-                           (self.decoder_params, np.float32(settings.guidance_scale), self._uncond_row()),
+                           (weights, np.float32(settings.guidance_scale), self._uncond_row()),
                            (keys, x_T, np.asarray(image_embeds, np.float32), text.embeds, text.states, text.mask),
                            len(keys), rows or self.padded_batch(len(keys)))
 
@@ -249,20 +260,20 @@ class Pipeline:
   # --------------------------------------------------------------------- whole pipeline, one program
 
   def _run_program(self, settings, *, candidates: int, trajectory: bool, keys, tokens, image_embeds=None,
-                   x_T=None, batch: int | None, rows: int | None) -> dict:
+                   x_T=None, batch: int | None, rows: int | None, rank_by_text: bool = True) -> dict:
     from_text = image_embeds is None
     stages = ["prior"] * from_text + ["decoder"] + [sr.name for sr in self.srs]
     program = programs.whole_program(
         self._text_piece(), self._prior_piece(settings["prior"], candidates) if from_text else None,
         self._decoder_piece(settings["decoder"], trajectory), self._upsample_piece(settings),
-        trajectory=trajectory, given_noise=x_T is not None)
+        trajectory=trajectory, given_noise=x_T is not None, rank_by_text=rank_by_text)
     weights = {"clip": self.clip_params, "prior": self.prior_vars if from_text else None,
                "decoder": self.decoder_params, "sr": self._sr_weights()}
     scales = {s: np.float32(settings[s].guidance_scale) for s in ("prior", "decoder")}
     batched = (keys, tokens) + (() if from_text else (np.asarray(image_embeds, np.float32),)) + (
         () if x_T is None else (np.asarray(x_T, np.float32),))
     key = (tuple((st,) + settings[st].compiled_key() for st in stages), candidates, trajectory, from_text,
-           x_T is not None, tuple(sr.last_params is None for sr in self.srs))
+           x_T is not None, rank_by_text, tuple(sr.last_params is None for sr in self.srs))
     label = " → ".join(["text"] + [f"{st} {settings[st].steps}" for st in stages])
     n = len(keys)
     rows = self.runner.rows(n, batch, rows)
@@ -272,11 +283,12 @@ class Pipeline:
     return result
 
   def generate(self, prompts: Sequence[str], seeds: Sequence[int], settings: dict[str, StageSampling], *,
-               candidates: int = 1, batch: int | None = None, trajectory: bool = False,
+               candidates: int | None = None, batch: int | None = None, trajectory: bool = False,
                rows: int | None = None) -> dict:
     """Text → images, each batch of `batch` prompts one compiled program. Returns {"images": uint8
     (B, S, S, 3), "image_embeds", "small" (decoder output in [-1, 1]), "trajectory" (decoder predicted x0
-    per step, if asked), "rows" (compiled batch)}."""
+    per step, if asked), "rows" (compiled batch)}. `candidates` (prior samples per caption) defaults to the
+    prior settings'; the decoder's come from its settings."""
     prompts = [str(p) for p in prompts]
     if not prompts or len(prompts) != len(seeds):
       raise UserError("give one seed per prompt (and at least one prompt)")
@@ -286,6 +298,7 @@ class Pipeline:
       if len(self.tokenizer.encode(p)) + 2 > self.clip_config.context_length:
         self.log(f"warning: the prompt {p[:40]!r}... is longer than CLIP's {self.clip_config.context_length} "
                  "tokens and was truncated")
+    candidates = settings["prior"].candidates if candidates is None else candidates
     return self._run_program(settings, candidates=candidates, trajectory=trajectory, keys=programs.image_keys(seeds),
                              tokens=self.tokenize(prompts), batch=batch, rows=rows)
 
@@ -293,8 +306,13 @@ class Pipeline:
                         prompts: Sequence[str] | None = None, x_T: np.ndarray | None = None,
                         batch: int | None = None, trajectory: bool = False) -> dict:
     """CLIP image embeddings → images (the applications), one compiled program per batch (text encoder,
-    decoder, upsamplers). Captions default to the empty one."""
+    decoder, upsamplers). Captions default to the empty one. Decoder candidates are rated against the
+    captions where given, else against the image embeddings; a given x_T (interpolations and text diffs keep
+    the noise fixed across a row) draws one image per row."""
     n = len(image_embeds)
     tokens = self.tokenize(list(prompts) if prompts is not None else [""] * n)
+    if x_T is not None:
+      settings = {**settings, "decoder": dataclasses.replace(settings["decoder"], candidates=1)}
     return self._run_program(settings, candidates=1, trajectory=trajectory, keys=programs.image_keys(seeds),
-                             tokens=tokens, image_embeds=image_embeds, x_T=x_T, batch=batch, rows=None)
+                             tokens=tokens, image_embeds=image_embeds, x_T=x_T, batch=batch, rows=None,
+                             rank_by_text=prompts is not None)

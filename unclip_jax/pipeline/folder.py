@@ -2,7 +2,8 @@
 from stage checkpoints, and restoring a stage's parameter tree.
 
     DIR/pipeline.json   {"kind": "unclip_pipeline", "format": 1, "preset", "stages": {name: relative path},
-                         "sampling": {stage: {steps, sampler, eta, guidance_scale, clip_x0, dynamic_threshold}}}
+                         "sampling": {stage: {steps, sampler, eta, guidance_scale, clip_x0, dynamic_threshold,
+                                              candidates}}}
     DIR/clip/ prior/ decoder/ sr_64_256/ [sr_64_256_last/] [sr_256_1024/]   stage checkpoints (checkpoint.py)
 """
 

@@ -21,12 +21,15 @@ import numpy as np
 from unclip_jax import diffusion as D
 from unclip_jax.diffusion.inversion import ddim_invert
 from unclip_jax.errors import UserError
+from unclip_jax.models import clip_encoder
 from unclip_jax.models.prior import post_process_latents
-from unclip_jax.pipeline.settings import StageSampling, sample_kwargs
+from unclip_jax.pipeline.settings import MAX_CANDIDATES, StageSampling, sample_kwargs
 
 # Per-image sub-keys: fold_in(image key, STREAM)
 PRIOR_KEY, DECODER_KEY, DECODER_NOISE_KEY, SR_KEY = 0, 1, 2, 3
-MAX_CANDIDATES = 64
+# The decoder's candidate k > 0 of an image uses fold_in(image key, DECODER_CANDIDATE_KEY + k) as its image key;
+# candidate 0 is the image key itself, so it is the image drawn without candidates.
+DECODER_CANDIDATE_KEY = 1000
 
 
 @dataclasses.dataclass
@@ -132,10 +135,18 @@ def decoder_noise(key, size: int) -> jax.Array:
   return jax.random.normal(jax.random.fold_in(key, DECODER_NOISE_KEY), (size, size, 3))
 
 
-def decoder_piece(decoder, process, size: int, s: StageSampling, trajectory: bool) -> Callable:
-  """(params, scale, keys, x_T or None, image embeds (B, E), text (B rows), uncond (1 row)) → images in
-  [-1, 1] (B, H, W, 3), and with `trajectory` the predicted x0 after every step (B, steps, H, W, 3).
-  Without x_T the noise comes from each image's key (`decoder_noise`)."""
+def decoder_piece(decoder, process, size: int, s: StageSampling, trajectory: bool,
+                  scorer: Callable | None = None) -> Callable:
+  """(params, scale, keys, x_T or None, image embeds (B, E), text (B rows), uncond (1 row)[, clip params,
+  targets (B, E)]) → images in [-1, 1] (B, H, W, 3), and with `trajectory` the predicted x0 after every step
+  (B, steps, H, W, 3). Without x_T the noise comes from each image's key (`decoder_noise`).
+
+  With `s.candidates` = K > 1 each image is drawn K times (candidate 0 from the image's own key and x_T, the
+  others from `candidate_keys`) and the one `scorer(clip params, images (K, H, W, 3), target (E,))` rates
+  highest against the row's target is kept (`clip_scorer`: CLIP reranking)."""
+  k = s.candidates
+  if k > 1 and scorer is None:
+    raise ValueError("decoder candidates need a scorer")
 
   def one(params, scale, uncond_row, key, noise, img, emb, states, mask):
     cond, uncond = decoder_branches(uncond_row, img, emb, states, mask)
@@ -148,12 +159,44 @@ def decoder_piece(decoder, process, size: int, s: StageSampling, trajectory: boo
       return jnp.clip(x[0], -1, 1), traj.pred_x0[:, 0]
     return jnp.clip(out[0], -1, 1)
 
-  def piece(params, scale, keys, x_T, image_embeds, text, uncond_row):
+  def best_of(params, scale, uncond_row, clip_params, key, noise, target, *cond):
+    keys = candidate_keys(key, k)
+    noises = jax.vmap(lambda c: decoder_noise(c, size))(keys).at[0].set(noise)
+    out = jax.vmap(lambda c, n: one(params, scale, uncond_row, c, n, *cond))(keys, noises)
+    images = out[0] if trajectory else out
+    best = jnp.argmax(scorer(clip_params, images, target))
+    return jax.tree_util.tree_map(lambda a: a[best], out)
+
+  def piece(params, scale, keys, x_T, image_embeds, text, uncond_row, clip_params=None, targets=None):
     if x_T is None:
       x_T = jax.vmap(lambda k: decoder_noise(k, size))(keys)
-    return jax.vmap(lambda *a: one(params, scale, uncond_row, *a))(keys, x_T, image_embeds.astype(jnp.float32),
-                                                                   *text)
+    image_embeds = image_embeds.astype(jnp.float32)
+    if k == 1:
+      return jax.vmap(lambda *a: one(params, scale, uncond_row, *a))(keys, x_T, image_embeds, *text)
+    return jax.vmap(lambda *a: best_of(params, scale, uncond_row, clip_params, *a))(
+        keys, x_T, targets.astype(jnp.float32), image_embeds, *text)
   return piece
+
+
+def candidate_keys(key, k: int) -> jax.Array:
+  """An image's K candidate keys (K, 2): its own key first, then fold_in(key, DECODER_CANDIDATE_KEY + i)."""
+  rest = [jax.random.fold_in(key, DECODER_CANDIDATE_KEY + i) for i in range(1, k)]
+  return jnp.stack([key] + rest)
+
+
+def clip_scorer(clip, clip_config) -> Callable:
+  """(CLIP params, images in [-1, 1] (K, H, W, 3), target (E,)) → (K,) cosines between each image's CLIP
+  image embedding and the target; images not at the CLIP's size are resized (bicubic) to it."""
+  encode = clip_encoder.image_encoder(clip, clip_config, value_range=(-1.0, 1.0))
+  size = clip_config.image_size
+
+  def score(clip_params, images, target):
+    if images.shape[1] != size:
+      images = upsample_bicubic(images, size)
+    z = encode(clip_params, images).astype(jnp.float32)
+    z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+    return z @ (target / jnp.linalg.norm(target))
+  return score
 
 
 def invert_piece(decoder, process) -> Callable:
@@ -200,10 +243,11 @@ def upsample_piece(stages: Sequence[tuple[SRStage, StageSampling, Any]]) -> Call
 
 
 def whole_program(text_fn: Callable, prior_fn: Callable | None, decoder_fn: Callable, upsample_fn: Callable, *,
-                  trajectory: bool, given_noise: bool) -> Callable:
+                  trajectory: bool, given_noise: bool, rank_by_text: bool = True) -> Callable:
   """One call as one traced function: (weights, scales, empty caption tokens, keys, tokens, *rest) →
   {"images": uint8, "small", "image_embeds"[, "trajectory"]}. With a `prior_fn` the call starts from
-  text; without, `rest` holds (image embeddings[, x_T])."""
+  text; without, `rest` holds (image embeddings[, x_T]). Decoder candidates are rated against the caption's
+  text embedding (`rank_by_text`) or else against the image embedding they were drawn from."""
 
   def program(weights, scales, empty_tokens, keys, tokens, *rest):
     uncond_row = text_fn(weights["clip"], empty_tokens)
@@ -213,7 +257,9 @@ def whole_program(text_fn: Callable, prior_fn: Callable | None, decoder_fn: Call
     else:
       image_embeds = rest[0]
     x_T = rest[1] if given_noise else None
-    small = decoder_fn(weights["decoder"], scales["decoder"], keys, x_T, image_embeds, text, uncond_row)
+    targets = text[0] if rank_by_text else image_embeds
+    small = decoder_fn(weights["decoder"], scales["decoder"], keys, x_T, image_embeds, text, uncond_row,
+                       weights["clip"], targets)
     small, traj = small if trajectory else (small, None)
     out = {"images": uint8_images(upsample_fn(weights["sr"], keys, small)), "small": small,
            "image_embeds": image_embeds.astype(jnp.float32)}

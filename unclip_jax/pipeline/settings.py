@@ -11,29 +11,38 @@ from unclip_jax.errors import UserError
 
 DIFFUSION_STAGES = ("prior", "decoder", "sr_64_256", "sr_256_1024")
 MAX_STEPS = 1000  # a respaced process can keep at most the training steps
-SAMPLING_FIELDS = ("steps", "sampler", "eta", "guidance_scale", "clip_x0", "dynamic_threshold")
+SAMPLING_FIELDS = ("steps", "sampler", "eta", "guidance_scale", "clip_x0", "dynamic_threshold", "candidates")
+MAX_CANDIDATES = 64
 
 
 @dataclasses.dataclass(frozen=True)
 class StageSampling:
-  """How one diffusion stage is sampled (the `sample` sub-config of its diffusion config)."""
+  """How one diffusion stage is sampled (the `sample` sub-config of its diffusion config).
+
+  `candidates`: samples drawn per output, of which the one nearest the caption in the pipeline's CLIP space
+  is kept. The prior keeps the largest z_i·z_t (unCLIP's); the decoder keeps the image whose CLIP image
+  embedding has the largest cosine with the caption's text embedding (CLIP reranking, as DALL·E did), or
+  with the conditioning image embedding where there is no caption (variations). Upsamplers draw one.
+  """
   steps: str = "25"
   sampler: str = "ddpm"
   eta: float = 0.0
   guidance_scale: float = 1.0
   clip_x0: float = 1.0
   dynamic_threshold: float = 0.0
+  candidates: int = 1
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> StageSampling:
-    return cls(**{k: (str(d[k]) if k in ("steps", "sampler") else float(d[k])) for k in SAMPLING_FIELDS if k in d})
+    kinds = {"steps": str, "sampler": str, "candidates": lambda v: v}  # candidates: checked by check_sampling
+    return cls(**{k: kinds.get(k, float)(d[k]) for k in SAMPLING_FIELDS if k in d})
 
   def compiled_key(self) -> tuple:
     """What of these settings is baked into a compiled program (the guidance scale is an argument)."""
-    return (self.steps, self.sampler, self.eta, self.clip_x0, self.dynamic_threshold)
+    return (self.steps, self.sampler, self.eta, self.clip_x0, self.dynamic_threshold, self.candidates)
 
 
 def sample_kwargs(s: StageSampling) -> dict:
@@ -79,7 +88,22 @@ def check_sampling(s: StageSampling, stage: str) -> StageSampling:
   dyn = check_scale(s.dynamic_threshold, f"{stage} dynamic threshold")
   if clip < 0 or not 0 <= dyn < 1:
     raise UserError(f"{stage}: clip_x0 must be >= 0 and dynamic_threshold in [0, 1)")
-  return StageSampling(steps, s.sampler, eta, guidance, clip, dyn)
+  return StageSampling(steps, s.sampler, eta, guidance, clip, dyn, check_candidates(s.candidates, stage))
+
+
+def check_candidates(value: Any, stage: str) -> int:
+  """A stage's candidate count (an int in [1, MAX_CANDIDATES]; upsamplers draw one); UserError if bad."""
+  try:
+    n = int(value)
+  except (TypeError, ValueError):
+    raise UserError(f"{stage} candidates must be a whole number, got {value!r}") from None
+  if n != value and not (isinstance(value, str) and value.strip() == str(n)):
+    raise UserError(f"{stage} candidates must be a whole number, got {value!r}")
+  if not 1 <= n <= MAX_CANDIDATES:
+    raise UserError(f"{stage} candidates must lie between 1 and {MAX_CANDIDATES}, got {n}")
+  if n > 1 and stage not in ("prior", "decoder"):
+    raise UserError(f"{stage}: only the prior and the decoder choose among candidates; set {stage} candidates to 1")
+  return n
 
 
 def apply_overrides(defaults: Mapping[str, StageSampling],
