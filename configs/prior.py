@@ -52,7 +52,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     train.log_every, train.checkpoint_every = 50, 100
   elif name == "demo":
     data.config = "shapes32"  # `python -m unclip_jax.embed ... --dataset shapes --dataset_config 32 --name shapes32`
-    train.batch_size, train.steps = 64, 2000
+    # 8000 steps (16 min here, beside an evaluation): at 2000 the prior sat +0.088 / +0.070 (seen / held-out)
+    # above the caption's text embedding in cosine with the image embedding, at 8000 +0.103 / +0.092, and its
+    # samples' spread went 0.944 -> 0.967 (two real renders: 0.91).
+    train.batch_size, train.steps = 64, 8000
     # v-prediction, not the paper's x0: this small x0 prior's samples of one caption are all but one point
     # (spread 1.000, against 0.91 between two real renders: its x0 does not give x_t back at low noise), and
     # with the 2026-12-02 decoder it drew held-out colour-shape pairs right 0.37 of the time, the v-prior 0.57.
