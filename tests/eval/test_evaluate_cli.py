@@ -147,3 +147,29 @@ def test_candidates_and_steps_flags_become_stage_overrides():
                                          "--prior-candidates", "2"]))
   assert o.overrides == {"decoder": {"steps": "5", "candidates": 3}, "prior": {"candidates": 2}}
   assert evaluate.options(evaluate.parse(["--suite", "fd"])).overrides == {}
+
+
+def test_results_are_written_after_each_suite(pipe, tmp_path, capsys, monkeypatch):
+  """A long `all` run that stops part-way keeps its finished suites on disk, with the rest named as pending."""
+  import unclip_jax.eval as eval_pkg
+  from unclip_jax.errors import UserError
+
+  real = eval_pkg.suite_runner
+
+  def runner(name):
+    if name == "zeroshot":
+      def stop(ctx):
+        written = json.loads((tmp_path / "out" / "results.json").read_text())
+        assert set(written) == {"meta", "prior"} and written["meta"]["pending"] == ["zeroshot"]
+        raise UserError("stopped on purpose")
+      return stop
+    return real(name)
+
+  monkeypatch.setattr(eval_pkg, "SUITES", ("prior", "zeroshot"))
+  monkeypatch.setattr(eval_pkg, "suite_runner", runner)
+  code, _, err = _run(["--checkpoint", pipe, "--suite", "all", "--num", 2, "--out", tmp_path / "out",
+                       "--cache", tmp_path / "cache", "--prior-steps", 2, "--no-progress"], capsys)
+  assert code == 2 and "stopped on purpose" in err
+  written = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert set(written) == {"meta", "prior"} and written["meta"]["pending"] == ["zeroshot"]
+  assert "| prior |" in (tmp_path / "out" / "results.md").read_text()
