@@ -74,7 +74,7 @@ run sample python -m unclip_jax.sample --checkpoint demo --num 4 --out samples -
   --prompt "a blue circle and a red triangle" --prompt "three green triangles" --prompt "two white circles"
 # 30 prompts per task and split (the compositional rates are then within about +-15 points at 50%),
 # 6 per guidance setting: the suite samples about 400 images, each drawn 8 times by the decoder: 81 min on
-# the 2-core Xeon (about 15 with --decoder-candidates 1, which scores the pipeline without reranking).
+# the 2-core Xeon (12 with --decoder-candidates 1, which scores the pipeline without reranking).
 [ -f eval/results.json ] || run evaluate python -m unclip_jax.evaluate --checkpoint demo --suite all --num 30 \
   --guidance-num 6 --decoder-guidance 1,2,3,5 --prior-guidance 1,2 --out eval --no-progress \
   --update-readme "$REPO/README.md"

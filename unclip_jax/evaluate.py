@@ -7,8 +7,9 @@ Without --checkpoint the demo pipeline shipped in the package is evaluated.
 
 Suites: compositional, stages, fd, clip_score, zeroshot, prior, guidance, all. Writes DIR/results.json,
 DIR/results.md (one markdown table), sample grids per compositional task and stages row (DIR/grids/) and, for guidance,
-DIR/guidance.png; the results files are rewritten after each suite (`meta.pending` lists those still to run). The evaluator network (FD features) and evaluator CLIP are trained on first use and
-cached in --cache (default ~/.cache/unclip_jax/eval); see unclip_jax/eval/.
+DIR/guidance.png; the results files are rewritten after each suite (`meta.pending` lists those still to run).
+The evaluator network (FD features) and evaluator CLIP are trained on first use and cached in --cache
+(default ~/.cache/unclip_jax/eval); see unclip_jax/eval/.
 """
 
 from __future__ import annotations
@@ -149,13 +150,13 @@ def main(argv: Sequence[str]) -> int:
   if args.sr_steps is not None:
     opts.overrides.update({stage: {"steps": args.sr_steps} for stage in pipe.sampling if stage.startswith("sr_")})
   ctx = Context(pipe, opts, log)
-  ctx.settings()  # bad --decoder-steps / --prior-steps / --sr-steps fail here, before any work
+  settings = ctx.settings()  # bad --decoder-steps / --prior-steps / --sr-steps fail here, before any work
   suites = SUITES if args.suite == "all" else (args.suite,)
   results, timings, paths = {}, {}, {}
   meta = {"checkpoint": str(args.checkpoint), "suite": args.suite, "num": args.num, "seed": args.seed,
-          "output_size": pipe.output_size, "settings": {k: v.to_dict() for k, v in ctx.settings().items()},
+          "output_size": pipe.output_size, "settings": {k: v.to_dict() for k, v in settings.items()},
           "seconds": timings, "argv": list(argv)}
-  for name in suites:
+  for i, name in enumerate(suites):
     start = time.perf_counter()
     log(f"suite {name} ...")
     results[name] = suite_runner(name)(ctx)
@@ -163,7 +164,7 @@ def main(argv: Sequence[str]) -> int:
     log(f"suite {name}: {timings[name]}s")
     # Written after every suite (an `all` run takes up to 80 min on a CPU): its finished suites can be read
     # while it runs and survive a stop; `meta.pending` names the suites not yet in the files.
-    pending = [s for s in suites if s not in results]
+    pending = list(suites[i + 1:])
     paths.update(report.write(results, out, {**meta, "pending": pending} if pending else meta))
   if args.update_readme:
     report.replace_block(args.update_readme, report.markdown(results))
