@@ -38,6 +38,26 @@ def test_stage_checkpoint_round_trip_and_shape_errors(tmp_path):
   assert checkpoint.read_stage(out)["config"] == {"v": 2}
 
 
+def test_host_arrays_get_the_checksums_the_device_program_gives():
+  """Stage loading sums host arrays in numpy; the sums must equal the compiled program's (what training and
+  exports computed on devices), for every dtype a checkpoint holds, past the weights' 65521 wrap and with
+  sums that overflow 32 bits."""
+  import ml_dtypes
+
+  rng = np.random.default_rng(0)
+  tree = {"f32": rng.normal(size=(300, 251)).astype(np.float32) * 1e6,
+          "f16": rng.normal(size=70_001).astype(np.float16),
+          "bf16": rng.normal(size=(7, 9)).astype(ml_dtypes.bfloat16), "i32": rng.integers(-9, 9, 40).astype(np.int32),
+          "u8": rng.integers(0, 255, 33).astype(np.uint8), "b": rng.random(10) > 0.5, "scalar": np.float32(3.5),
+          "f64": rng.normal(size=5), "i64": np.arange(4, dtype=np.int64)}
+  on_host = checkpoint.tree_checksums(tree)
+  on_device = checkpoint.tree_checksums(jax.tree.map(jnp.asarray, tree))
+  assert on_host == on_device and len(set(on_host.values())) == len(tree)
+  damaged = dict(tree, f16=tree["f16"].copy())
+  damaged["f16"][70_000] = 0
+  assert checkpoint.tree_checksums(damaged)["['f16']"] != on_host["['f16']"]
+
+
 def test_read_stage_rejects_missing_and_foreign_folders(tmp_path):
   with pytest.raises(UserError, match="does not exist"):
     checkpoint.read_stage(tmp_path / "nope")
