@@ -47,6 +47,7 @@ def main(argv: Sequence[str]) -> int:
   elif Path(args.data_dir).is_dir():  # a missing one gets make_builder's "prepare it first" message
     check_writable(args.data_dir, "--data_dir")
   xla_flags.apply_defaults()  # XLA CPU defaults unless XLA_FLAGS is set; before JAX starts (README "Benchmarks")
+  xla_flags.enable_compile_cache()  # compiled programs kept between runs (README "Benchmarks")
   from unclip_jax.data import embedded  # slow imports (tfds, jax) after the flags are known to be sane
 
   builder = embedded.make_builder(

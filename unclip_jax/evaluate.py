@@ -130,6 +130,7 @@ def main(argv: Sequence[str]) -> int:
   args = parse(argv)
   opts = options(args)
   xla_flags.apply_defaults()  # XLA CPU defaults unless XLA_FLAGS is set; before JAX starts (README "Benchmarks")
+  xla_flags.enable_compile_cache()  # compiled programs kept between runs (README "Benchmarks")
   from unclip_jax.checkpoint import read_stage
   from unclip_jax.pipeline import Pipeline, default_pipeline, read_pipeline
 

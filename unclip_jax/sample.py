@@ -426,6 +426,7 @@ def main(argv: Sequence[str]) -> int:
   mode = argv[0] if argv and argv[0] in MODES else None
   args = _parser(mode).parse_args(argv[1:] if mode else argv)
   xla_flags.apply_defaults()  # XLA CPU defaults unless XLA_FLAGS is set; before JAX starts (README "Benchmarks")
+  xla_flags.enable_compile_cache()  # compiled programs kept between runs (README "Benchmarks")
   if args.out is None:
     args.out = str(next_free_folder())
   args.demo_default = args.checkpoint is None and not (mode is None and args.from_sidecar)

@@ -19,6 +19,13 @@ concurrency-optimised scheduler, the XNNPACK runtime) did not beat the defaults 
 Set `XLA_FLAGS` yourself
 (e.g. `XLA_FLAGS=` for XLA's own defaults: one device) to opt out; `UNCLIP_JAX_CPU_DEVICES=N` changes only
 the device count.
+
+`enable_compile_cache()` is the other start-up default (of every CLI but `bench`, which times compiles): JAX's
+persistent compilation cache, so a command run again loads its compiled programs from disk instead of
+compiling them (the packaged demo's `sample` program: 10 s to compile, 3 s the second time). It lives in
+`$XDG_CACHE_HOME/unclip_jax/jax_compile` (`~/.cache/...`); `UNCLIP_JAX_COMPILE_CACHE=DIR` moves it,
+`UNCLIP_JAX_COMPILE_CACHE=off` turns it off, and a cache JAX already has (`JAX_COMPILATION_CACHE_DIR`) wins.
+This function imports jax; nothing else here does.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import sys
 
 ENV = "XLA_FLAGS"
 DEVICES_ENV = "UNCLIP_JAX_CPU_DEVICES"
+CACHE_ENV = "UNCLIP_JAX_COMPILE_CACHE"
+CACHE_OFF = ("", "0", "off", "false", "no")
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
 MAX_DEFAULT_DEVICES = 2
 
@@ -77,3 +86,33 @@ def apply_defaults(environ=None) -> str | None:
   if flags is not None:
     environ[ENV] = flags
   return flags
+
+
+def compile_cache_dir(environ=None) -> str | None:
+  """The folder of the CLIs' compilation cache: `UNCLIP_JAX_COMPILE_CACHE` if set (None when it says off),
+  else `$XDG_CACHE_HOME/unclip_jax/jax_compile`, `~/.cache/unclip_jax/jax_compile` without XDG_CACHE_HOME."""
+  environ = os.environ if environ is None else environ
+  if CACHE_ENV in environ:
+    wanted = environ[CACHE_ENV].strip()
+    return None if wanted.lower() in CACHE_OFF else os.path.expanduser(wanted)
+  base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "unclip_jax", "jax_compile")
+
+
+def enable_compile_cache(environ=None) -> str | None:
+  """Turns on JAX's persistent compilation cache in `compile_cache_dir()`, unless it is off or JAX already
+  has a cache folder. Returns the folder set, or None; a folder that cannot be made leaves the cache off
+  (it only saves time)."""
+  import jax
+
+  if jax.config.jax_compilation_cache_dir:
+    return None
+  path = compile_cache_dir(environ)
+  if path is None:
+    return None
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError:
+    return None
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path

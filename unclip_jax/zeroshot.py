@@ -104,6 +104,7 @@ def main(argv: Sequence[str]) -> int:
     if not Path(path).is_file():
       raise UserError(f"image {path} does not exist" if not Path(path).exists() else f"{path} is not a file")
   xla_flags.apply_defaults()  # XLA CPU defaults unless XLA_FLAGS is set; before JAX starts (README "Benchmarks")
+  xla_flags.enable_compile_cache()  # compiled programs kept between runs (README "Benchmarks")
   from unclip_jax.models.clip_encoder import load_clip
 
   config, params = load_clip(clip_folder(args.checkpoint))

@@ -66,3 +66,37 @@ def test_every_cli_applies_the_defaults_before_its_work(path):
   calls = [n for n in ast.walk(main) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
            and n.func.attr == "apply_defaults" and getattr(n.func.value, "id", "") == "xla_flags"]
   assert calls, f"{path}: main() does not call xla_flags.apply_defaults()"
+
+
+def test_the_compile_cache_folder_follows_the_environment(tmp_path):
+  assert xla_flags.compile_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == str(tmp_path / "unclip_jax" / "jax_compile")
+  assert xla_flags.compile_cache_dir({xla_flags.CACHE_ENV: str(tmp_path / "c")}) == str(tmp_path / "c")
+  assert xla_flags.compile_cache_dir({}).endswith(os.path.join(".cache", "unclip_jax", "jax_compile"))
+  for off in ("off", "0", "", "No"):
+    assert xla_flags.compile_cache_dir({xla_flags.CACHE_ENV: off, "XDG_CACHE_HOME": str(tmp_path)}) is None
+
+
+@pytest.mark.parametrize("jax_has_one", [False, True])
+def test_a_fresh_process_keeps_its_compiled_programs_unless_jax_has_a_cache_already(tmp_path, jax_has_one):
+  ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+  env.update({xla_flags.CACHE_ENV: str(ours), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+  if jax_has_one:
+    env["JAX_COMPILATION_CACHE_DIR"] = str(theirs)
+  code = ("from unclip_jax import xla_flags; import jax, jax.numpy as jnp; print(xla_flags.enable_compile_cache()); "
+          "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()")
+  out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+  used = theirs if jax_has_one else ours
+  assert out.stdout.strip().splitlines()[-1] == ("None" if jax_has_one else str(ours))
+  assert any(used.iterdir())  # the program was written to the cache
+  assert jax_has_one == (not ours.exists() or not any(ours.iterdir()))
+
+
+@pytest.mark.parametrize("path", [c for c in CLIS if "bench" not in c])
+def test_every_cli_but_bench_keeps_compiled_programs(path):
+  """`bench` times compiles, so only the other CLIs turn the persistent compilation cache on."""
+  tree = ast.parse((ROOT / path).read_text())
+  main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+  assert any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "enable_compile_cache"
+             for n in ast.walk(main)), f"{path}: main() does not call xla_flags.enable_compile_cache()"
+  assert "enable_compile_cache" not in (ROOT / "unclip_jax/bench/__main__.py").read_text()

@@ -29,6 +29,7 @@ def main(argv) -> int:
   args = parser.parse_args(rest)
   check_writable(args.workdir, "--workdir")
   xla_flags.apply_defaults()  # XLA CPU defaults unless XLA_FLAGS is set; before JAX starts (README "Benchmarks")
+  xla_flags.enable_compile_cache()  # compiled programs kept between runs (README "Benchmarks")
 
   from unclip_jax import distributed
   from unclip_jax.train import supervisor
