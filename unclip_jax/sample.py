@@ -316,7 +316,11 @@ def run_sidecar(args, log) -> list[Path]:
               for s, d in rec["settings"].items()}
   if set(settings) != set(pipe.sampling):
     raise UserError(f"{path} names stages {sorted(settings)}, the pipeline has {sorted(pipe.sampling)}")
-  rows = int(rec["batch_size"])
+  rows = int(rec["batch_size"])  # the recorded batch shape, so that XLA compiles the same program
+  if not pipe.runner.fits(rows):
+    log(f"note: {path} was drawn in a batch of {rows} rows, which {pipe.n_devices} device(s) cannot split; "
+        "replaying it alone (each image has its own noise, so only float rounding can differ)")
+    rows = 1
   result = pipe.generate([rec["prompt"]], [int(rec["seed"])], settings, batch=rows, rows=rows)
   name = path.stem
   writer.png(f"{name}.png", result["images"][0])

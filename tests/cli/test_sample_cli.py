@@ -61,6 +61,14 @@ def test_text_to_image_writes_pngs_sidecars_grid_and_reproduces(pipe_dir, tmp_pa
   np.testing.assert_array_equal(png(again / "0003.png"), imgs[3])
   assert not np.array_equal(imgs[2], imgs[3])
 
+  # drawn on a machine whose batch of 12 rows the 8 devices here cannot split: replayed alone, with a note
+  odd = tmp_path / "odd.json"
+  odd.write_text(json.dumps({**rec, "batch_size": 12}))
+  code, _, err = cli(["--from-sidecar", odd, "--out", tmp_path / "odd"], capsys)
+  assert code == 0, err
+  assert "a batch of 12 rows, which 8 device(s) cannot split; replaying it alone" in err
+  assert np.abs(png(tmp_path / "odd" / "odd.png").astype(int) - imgs[3]).max() <= 1
+
 
 def test_decoder_candidates_from_the_flag_or_pipeline_json_are_recorded_and_reproduced(pipe_dir, tmp_path, capsys):
   """--decoder-candidates (CLIP reranking) overrides pipeline.json's decoder `candidates`; the sidecar records

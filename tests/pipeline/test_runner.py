@@ -11,6 +11,7 @@ def test_rows_round_up_to_the_devices_unless_there_are_fewer_images_than_devices
   assert r.n_devices == 8
   assert [r.padded_batch(n) for n in (1, 3, 7, 8, 9, 17)] == [1, 3, 7, 8, 16, 24]
   assert r.padded_batch(20, batch=5) == 5 and r.padded_batch(20, batch=10) == 16
+  assert [r.fits(k) for k in (0, 1, 3, 8, 12, 16)] == [False, True, True, True, False, True]
 
 
 def test_fewer_images_than_devices_run_on_that_many_devices_with_the_weights_they_already_hold():

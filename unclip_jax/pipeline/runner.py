@@ -58,11 +58,15 @@ class ShardedRunner:
     b = max(1, min(n, batch or n))
     return b if b < self.n_devices else -(-b // self.n_devices) * self.n_devices
 
+  def fits(self, rows: int) -> bool:
+    """Whether a program of `rows` rows can run here: fewer rows than devices, or a multiple of them."""
+    return 1 <= rows and (rows <= self.n_devices or rows % self.n_devices == 0)
+
   def rows(self, n: int, batch: int | None, rows: int | None) -> int:
     """`rows` if given (checked against the devices and the batch), else `padded_batch`."""
     if rows is None:
       return self.padded_batch(n, batch)
-    if (rows > self.n_devices and rows % self.n_devices) or rows < min(n, batch or n):
+    if not self.fits(rows) or rows < min(n, batch or n):
       raise UserError(f"a compiled batch of {rows} rows does not fit {self.n_devices} device(s) and "
                       f"{min(n, batch or n)} images per batch")
     return rows
