@@ -7,8 +7,9 @@ Layout (docs/architecture.md, "Folder formats"):
 Loading needs no Python config file: `stage.json` holds the model config. Writes are atomic: the folder is
 built under a temporary name beside the target and renamed into place, so a crash never leaves a
 half-written checkpoint where a reader would find it. `stage.json` also records a checksum of every array
-(`tree_checksums`); loading verifies them, so a damaged file is named rather than silently loaded. Training runs keep their own orbax
-`CheckpointManager` (optimizer state, EMA, data iterator); this module is the exported, shareable form.
+(`tree_checksums`); loading verifies them, so a damaged file is named rather than silently loaded. Training
+runs keep their own orbax `CheckpointManager` (optimizer state, EMA, data iterator); this module is the
+exported, shareable form.
 """
 
 from __future__ import annotations

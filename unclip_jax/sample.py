@@ -265,8 +265,9 @@ def demo_prompt_warning(prompt: str) -> str | None:
   hint = " (its captions say \"a\" before every colour: \"a orange circle\")" if re.search(r"\ban\b", text) else ""
   return (f"warning: {prompt!r} is outside the captions the demo pipeline learned{hint}; it knows the shapes "
           f"world only: \"a red circle\", \"two blue squares\", \"a red circle and a blue square\", "
-          f"\"a red circle above a blue square\", \"a red circle and no squares\" (colours: {', '.join(shapes.COLORS)}; "
-          f"shapes: {', '.join(shapes.SHAPES)}; relations: {', '.join(shapes.RELATIONS)}; counts: "
+          f"\"a red circle above a blue square\", \"a red circle and no squares\" "
+          f"(colours: {', '.join(shapes.COLORS)}; shapes: {', '.join(shapes.SHAPES)}; "
+          f"relations: {', '.join(shapes.RELATIONS)}; counts: "
           f"{', '.join(shapes.NUMBERS.values())}). Pass --checkpoint DIR for a pipeline trained on other captions.")
 
 
