@@ -97,6 +97,21 @@ def test_decoder_candidates_keep_the_one_clip_rates_nearest_the_caption(pipe_dir
   assert not np.allclose(best["small"], one["small"], atol=1e-3)  # some image changed: the test can fail
 
 
+def test_one_image_spreads_its_decoder_candidates_over_the_devices(pipe_dir):
+  """A single image with decoder candidates runs on every device, its candidates divided among them, and
+  draws what it draws in a batch (one row per device there, nothing spread)."""
+  pipe = P.Pipeline.load(pipe_dir, log=lambda m: None)
+  ranked = pipe.settings({"decoder": {"candidates": 3}})
+  alone = pipe.generate(["a blue circle"], [6], ranked)
+  batch = pipe.generate(["a red square", "a blue circle"] * 4, [5, 6] * 4, ranked)
+  assert [(t["rows"], t["spread"]) for t in pipe.timings] == [(1, True), (8, False)]
+  np.testing.assert_allclose(alone["small"][0], batch["small"][1], atol=1e-4)
+  assert np.abs(alone["images"][0].astype(int) - batch["images"][1]).max() <= 1
+  pipe.timings = []
+  pipe.generate(["a blue circle"], [6], pipe.settings())  # one candidate: nothing to spread
+  assert [(t["rows"], t["spread"]) for t in pipe.timings] == [(1, False)]
+
+
 def test_decoder_candidates_without_an_image_tower_or_for_an_upsampler_are_one_error(pipe_dir):
   import dataclasses
 

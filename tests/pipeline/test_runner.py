@@ -24,7 +24,7 @@ def test_fewer_images_than_devices_run_on_that_many_devices_with_the_weights_the
   np.testing.assert_array_equal(few, x[:3] * 6.0)
   np.testing.assert_array_equal(many, x * 6.0)
   assert [t["rows"] for t in r.timings] == [3, 16]
-  compiled = r.compiled[("scale", 3)]
+  compiled = r.compiled[("scale", 3, False)]
   assert {d.id for d in compiled.input_shardings[0][1].device_set} == {d.id for d in jax.local_devices()[:3]}
   # the weights on the first 3 devices are the buffers `put` made there, not copies
   moved = r._onto(weights, r._shardings(3)[0])

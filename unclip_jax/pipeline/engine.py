@@ -152,13 +152,17 @@ class Pipeline:
   def _prior_piece(self, s: StageSampling, candidates: int):
     return programs.prior_piece(self.prior, self.process("prior", s.steps), s, candidates)
 
-  def _decoder_piece(self, s: StageSampling, trajectory: bool):
+  def _spread_candidates(self, s: StageSampling, rows: int) -> bool:
+    """Whether a decoder program of `rows` rows divides each image's candidates over the devices."""
+    return self.runner.spreads(rows, s.candidates > 1)
+
+  def _decoder_piece(self, s: StageSampling, trajectory: bool, spread: bool = False):
     scorer = None
     if s.candidates > 1:
       self._need_image_tower("decoder candidates (CLIP reranking)")
       scorer = programs.clip_scorer(self.clip, self.clip_config)
     return programs.decoder_piece(self.decoder, self.process("decoder", s.steps), self.image_size, s, trajectory,
-                                  scorer)
+                                  scorer, self.runner.batched if spread else None)
 
   def _upsample_piece(self, settings: dict[str, StageSampling]):
     return programs.upsample_piece([(sr, settings[sr.name], self.process(sr.name, settings[sr.name].steps))
@@ -218,7 +222,9 @@ class Pipeline:
              x_T: np.ndarray | None = None, trajectory: bool = False, rows: int | None = None):
     """Decoder-size images in [-1, 1] (B, H, W, 3) from CLIP image embeddings and captions; with
     `trajectory` also the predicted x0 after every step (B, steps, H, W, 3)."""
-    piece = self._decoder_piece(settings, trajectory)
+    rows = rows or self.padded_batch(len(keys))
+    spread = self._spread_candidates(settings, rows)
+    piece = self._decoder_piece(settings, trajectory, spread)
     fn = lambda w, scale, u, keys, x_T, emb, *text: piece(w["decoder"], scale, keys, x_T, emb, text, u,  # noqa: E731
                                                           w["clip"], text[0])
     x_T = self.decoder_noise(keys) if x_T is None else x_T
@@ -226,7 +232,7 @@ class Pipeline:
     return self.runner.run("decoder", settings.compiled_key() + (trajectory,), fn,
                            (weights, np.float32(settings.guidance_scale), self._uncond_row()),
                            (keys, x_T, np.asarray(image_embeds, np.float32), text.embeds, text.states, text.mask),
-                           len(keys), rows or self.padded_batch(len(keys)))
+                           len(keys), rows, spread)
 
   def invert(self, images: np.ndarray, image_embeds: np.ndarray, settings: StageSampling, *,
              prompts: Sequence[str] | None = None, batch: int | None = None) -> np.ndarray:
@@ -263,9 +269,12 @@ class Pipeline:
                    x_T=None, batch: int | None, rows: int | None, rank_by_text: bool = True) -> dict:
     from_text = image_embeds is None
     stages = ["prior"] * from_text + ["decoder"] + [sr.name for sr in self.srs]
+    n = len(keys)
+    rows = self.runner.rows(n, batch, rows)
+    spread = self._spread_candidates(settings["decoder"], rows)
     program = programs.whole_program(
         self._text_piece(), self._prior_piece(settings["prior"], candidates) if from_text else None,
-        self._decoder_piece(settings["decoder"], trajectory), self._upsample_piece(settings),
+        self._decoder_piece(settings["decoder"], trajectory, spread), self._upsample_piece(settings),
         trajectory=trajectory, given_noise=x_T is not None, rank_by_text=rank_by_text)
     weights = {"clip": self.clip_params, "prior": self.prior_vars if from_text else None,
                "decoder": self.decoder_params, "sr": self._sr_weights()}
@@ -275,10 +284,8 @@ class Pipeline:
     key = (tuple((st,) + settings[st].compiled_key() for st in stages), candidates, trajectory, from_text,
            x_T is not None, rank_by_text, tuple(sr.last_params is None for sr in self.srs))
     label = " → ".join(["text"] + [f"{st} {settings[st].steps}" for st in stages])
-    n = len(keys)
-    rows = self.runner.rows(n, batch, rows)
     result = self.runner.run_chunked(label, key, program, (weights, scales, self.tokenize([""])), batched, n,
-                                     batch, rows)
+                                     batch, rows, spread)
     result["rows"] = rows
     return result
 
