@@ -34,32 +34,25 @@ CHECKSUMS = "checksums"  # stage.json: {array path: checksum} (`tree_checksums`)
 FILES = "files"  # stage.json: {file under params/: [size, sha256]}
 
 
-def _leaf_checksum(x):
+def _leaf_checksum(x, xp=None):
   """Two sums of an array's bits, mod 2^32 (a plain one plus the length, and a position-weighted one,
-  Fletcher style): a changed or zeroed block changes them. Computed where the array lives."""
+  Fletcher style): a changed or zeroed block changes them. Computed where the array lives: `xp` is
+  jax.numpy (traced, on the array's devices) or numpy for a host array, first cast as jax would cast it
+  (float64 to float32), so that both give the same sums without compiling a program for the tree's shapes."""
   import jax.numpy as jnp
 
-  x = jnp.ravel(x)
-  if x.dtype == jnp.bool_:
-    x = x.astype(jnp.uint8)
-  width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
-  bits = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)
-  weights = (jnp.arange(bits.size, dtype=jnp.uint32) % jnp.uint32(65521)) + jnp.uint32(1)
-  return jnp.stack([jnp.sum(bits, dtype=jnp.uint32) + jnp.uint32(bits.size % (1 << 32)),
-                    jnp.sum(bits * weights, dtype=jnp.uint32)])
-
-
-def _host_checksum(x: np.ndarray) -> tuple[int, int]:
-  """`_leaf_checksum` of a host array, in numpy: the same two sums (the array first cast as jax would cast
-  it, e.g. float64 to float32), without compiling a program for the tree's shapes."""
-  x = np.ravel(np.asarray(x).astype(jax.dtypes.canonicalize_dtype(x.dtype), copy=False))
+  xp = xp or jnp
+  if xp is np:
+    x = np.asarray(x).astype(jax.dtypes.canonicalize_dtype(x.dtype), copy=False)
+  x = xp.ravel(x)
   if x.dtype == np.bool_:
-    x = x.astype(np.uint8)
-  width = {1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize]
-  bits = x.view(width).astype(np.uint32)
-  weights = (np.arange(bits.size, dtype=np.uint32) % np.uint32(65521)) + np.uint32(1)
-  return ((int(np.sum(bits, dtype=np.uint32)) + bits.size) % (1 << 32),
-          int(np.sum(bits * weights, dtype=np.uint32)))
+    x = x.astype(xp.uint8)
+  width = {1: xp.uint8, 2: xp.uint16, 4: xp.uint32}[x.dtype.itemsize]
+  bits = (x.view(width) if xp is np else jax.lax.bitcast_convert_type(x, width)).astype(xp.uint32)
+  weights = (xp.arange(bits.size, dtype=xp.uint32) % xp.uint32(65521)) + xp.uint32(1)
+  # sums kept as 1-element arrays: their uint32 arithmetic wraps silently in numpy too
+  return xp.concatenate([xp.sum(bits, dtype=xp.uint32, keepdims=True) + xp.uint32(bits.size % (1 << 32)),
+                         xp.sum(bits * weights, dtype=xp.uint32, keepdims=True)])
 
 
 _checksums_jit = None
@@ -78,7 +71,7 @@ def tree_checksums(tree: Any) -> dict[str, str]:
 
   def host(s):  # in a multi-process job the (replicated) sums are global arrays: read this process's copy
     return np.asarray(s.addressable_data(0) if not s.is_fully_addressable else s)
-  sums = [_host_checksum(x) if h else host(next(device_sums)) for (_, x), h in zip(flat, on_host)]
+  sums = [_leaf_checksum(x, np) if h else host(next(device_sums)) for (_, x), h in zip(flat, on_host)]
   return {jax.tree_util.keystr(p): "".join(f"{int(v):08x}" for v in s) for (p, _), s in zip(flat, sums)}
 
 
