@@ -146,7 +146,7 @@ def decoder_piece(decoder, process, size: int, s: StageSampling, trajectory: boo
   highest against the row's target is kept (`clip_scorer`: CLIP reranking). `spread` (a sharding of the
   devices' batch axis) divides the image's candidates over the devices, for a program of one image
   (`ShardedRunner.run(spread=True)`): the packaged demo's one image with 8 candidates, 9.7 s on one of the 2
-  CPU devices, 6.3 s spread over both, the same image."""
+  CPU devices, 6.3-7.5 s spread over both, the same image."""
   k = s.candidates
   if k > 1 and scorer is None:
     raise ValueError("decoder candidates need a scorer")
