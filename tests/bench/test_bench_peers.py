@@ -34,8 +34,28 @@ def test_peers_cli_writes_the_table_and_json(tmp_path, capsys):
   assert report["size"] == "tiny" and report["devices"] == 8 and report["backend"] == "cpu"
   names = [peers.ROW_KEYS[k] for k in rows.split(",")]
   _check_rows(report["rows"], names)
+  assert report["complete"] is True
+  assert all(r["ours_peak_bytes"] is None and r["peer_peak_bytes"] is None for r in report["rows"])  # CPU: none
   table = capsys.readouterr().out
   assert all(n in table for n in names) and "ratio" in table
+
+
+@pytest.mark.peers
+def test_peers_json_keeps_the_rows_finished_before_a_failure(tmp_path, monkeypatch):
+  require("diffusers")
+  out = tmp_path / "peers.json"
+
+  def run_row(key, rounds, mode, log):
+    if key == "prior_sampling":
+      raise RuntimeError("out of memory")
+    return {"name": peers.ROW_KEYS[key], "ours_s": 1.0, "peer_s": 2.0, "ratio": 2.0, "peer_mode": "torch",
+            "ours_peak_bytes": None, "peer_peak_bytes": None}
+  monkeypatch.setattr(peers, "build_row", lambda key, spec, gpu: key)
+  monkeypatch.setattr(peers, "run_row", run_row)
+  with pytest.raises(RuntimeError, match="out of memory"):
+    peers.main(["--size", "tiny", "--rows", "clip,prior_sampling", "--rounds", "1", "--json", str(out)])
+  report = json.loads(out.read_text())
+  assert report["complete"] is False and [r["name"] for r in report["rows"]] == ["clip forward"]
 
 
 @pytest.mark.peers
@@ -97,8 +117,18 @@ def test_mfu_reports_flops_and_utilisation(tmp_path):
   assert row["stage"] == "prior" and row["global_batch"] == 8 and row["parameters"] > 0
   assert row["flops_per_step"] > 0 and row["peak_flops"] > 0 and 0 < row["mfu"] < 1
   assert row["achieved_flops"] == pytest.approx(row["flops_per_step"] / row["step_s"], rel=1e-3)
+  # counted on the traced program; on a CPU the compiled program's count agrees (on a GPU it misses cuDNN's)
+  assert row["flops_per_step"] == pytest.approx(row["backend_flops_per_step"], rel=0.1)
+  assert row["mfu_datasheet"] is None  # float32 on a CPU: no datasheet peak
   with pytest.raises(UserError, match="--stages must name some of"):
     mfu.main(["--stages", "vae"])
+
+
+def test_mfu_datasheet_peaks():
+  assert mfu.datasheet_peak("NVIDIA H200", "bfloat16") == 989e12
+  assert mfu.datasheet_peak("TPU v5 lite", "bfloat16") == 197e12  # not v5p's, listed after it
+  assert mfu.datasheet_peak("TPU v5p", "bfloat16") == 459e12
+  assert mfu.datasheet_peak("NVIDIA H200", "float32") is None and mfu.datasheet_peak("cpu", "bfloat16") is None
 
 
 def test_scaling_runs_each_device_count_in_its_own_process(tmp_path):

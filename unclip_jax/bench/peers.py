@@ -21,9 +21,11 @@ The peer runs in its best mode (`--peer-mode best`): on a CPU eager with all cor
 oversubscribed machine stalls OpenMP's barriers) and `torch.compile` at the better count, whichever is
 fastest in warm-up; on a GPU, bf16 autocast (ours then computes in bfloat16 too). Ours runs with whatever
 `XLA_FLAGS` the process has (the bench CLI sets `unclip_jax.xla_flags` defaults when none are set).
-Sizes: `cpu` (a 12.9M decoder: 64/128/192 channels, 2 res blocks, attention at 16 and 8 px, 32 px
-images, 128-d CLIP; a 6-layer 256-wide prior; a 64 px ViT; a 32→128 px upsampler) and `karlo` (Karlo's
-published sizes with ViT-L/14: for a GPU). `--size tiny` is the test suite's wiring check.
+On a GPU each row also reports peak device memory: ours (JAX's peak since the process started, so one row
+per process gives each row its own) and the peer's (torch's, reset for every row). `--json` is rewritten
+after every row. Sizes: `cpu` (a 12.9M decoder: 64/128/192 channels, 2 res blocks, attention at 16 and
+8 px, 32 px images, 128-d CLIP; a 6-layer 256-wide prior; a 64 px ViT; a 32→128 px upsampler) and `karlo`
+(Karlo's published sizes with ViT-L/14: for a GPU). `--size tiny` is the test suite's wiring check.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Callable
 import numpy as np
 
 from unclip_jax.bench import torch_peers as tp
+from unclip_jax.bench.memory import device_peak_bytes, gib
 from unclip_jax.errors import ArgumentParser, UserError
 
 ROWS = ("clip forward", "prior train step", "prior sampling 25 steps", "decoder train step",
@@ -447,6 +450,7 @@ def choose_peer(row: Row, mode: str, log) -> tuple[tp.Peer, Callable, list[dict]
   """The peer's best mode for this row (see module docstring): each candidate warmed up (compiled), then
   timed twice; the fastest (by its faster call) wins. Returns (peer, its callable, the trials)."""
   base = tp.Peer()
+  base.reset_peak()
   candidates = []
   if mode in ("eager", "best"):
     candidates.append(tp.Peer("eager"))
@@ -500,10 +504,11 @@ def run_row(row: Row, rounds: int, mode: str, log=print) -> dict:
         peer.activate()
       times[who].append(_timed(fn))
   ours_s, peer_s = float(np.median(times["ours"])), float(np.median(times["peer"]))
+  memory = {"ours_peak_bytes": device_peak_bytes(), "peer_peak_bytes": peer.peak_bytes()}
   return {"name": row.name, "ours_s": round(ours_s, 6), "peer_s": round(peer_s, 6),
           "ratio": round(peer_s / ours_s, 3), "peer_mode": peer.describe(), "ours_first_call_s": round(ours_first, 2),
           "rounds": rounds, "ours_all_s": [round(t, 6) for t in times["ours"]],
-          "peer_all_s": [round(t, 6) for t in times["peer"]], "peer_trials": trials, **row.info}
+          "peer_all_s": [round(t, 6) for t in times["peer"]], "peer_trials": trials, **memory, **row.info}
 
 
 def environment() -> dict:
@@ -556,14 +561,23 @@ def main(argv) -> int:
     print(f"{ROW_KEYS[key]}: building and warming up", flush=True)
     row = build_row(key, spec, gpu)
     result = run_row(row, args.rounds, args.peer_mode, log=lambda m: print(m, flush=True))
-    print(f"  ours {result['ours_s']:.4f} s, peer {result['peer_s']:.4f} s, ratio {result['ratio']:.2f}", flush=True)
+    memory = (f"; peak memory ours {gib(result['ours_peak_bytes'])}, peer {gib(result['peer_peak_bytes'])}"
+              if gpu else "")
+    print(f"  ours {result['ours_s']:.4f} s, peer {result['peer_s']:.4f} s, ratio {result['ratio']:.2f}{memory}",
+          flush=True)
     results.append(result)
     del row
+    if args.json:  # after every row: a run stopped part-way keeps the rows it finished
+      _write_json(args.json, args.size, env, results, complete=len(results) == len(keys))
   env["load_average_end"] = environment()["load_average"]
   print(table(results))
   if args.json:
-    from unclip_jax.io import write_text_atomic
-
-    write_text_atomic(args.json, json.dumps({"benchmark": "peers", "size": args.size, **env, "rows": results},
-                                            indent=2))
+    _write_json(args.json, args.size, env, results, complete=True)
   return 0
+
+
+def _write_json(path: str, size: str, env: dict, results: list[dict], complete: bool) -> None:
+  from unclip_jax.io import write_text_atomic
+
+  write_text_atomic(path, json.dumps({"benchmark": "peers", "size": size, **env, "complete": complete,
+                                      "rows": results}, indent=2))

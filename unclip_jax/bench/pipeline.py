@@ -22,6 +22,7 @@ import time
 import jax
 import numpy as np
 
+from unclip_jax.bench.memory import device_peak_bytes, gib
 from unclip_jax.errors import ArgumentParser, UserError, positive_ints
 
 
@@ -41,14 +42,6 @@ def _parse(argv):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", default=None, help="also write the results to this JSON file")
   return p.parse_args(argv)
-
-
-def _peak_bytes() -> int | None:
-  try:
-    stats = jax.devices()[0].memory_stats()
-  except Exception:  # noqa: BLE001 - backends without memory stats
-    return None
-  return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
 def _stage_totals(timings: list[dict]) -> dict:
@@ -101,11 +94,10 @@ def run(preset: str, batches: list[int], *, overrides: dict, candidates: int = 1
     row = {"batch": b, "rows": int(out["rows"]), "compile_s": round(compile_s, 3),
            "first_call_s": round(first_s, 3), "repeats": repeats, "sampling_s": round(run_s, 4),
            "wall_s": round(float(np.median([c[1] for c in calls])), 4), "s_per_image": round(run_s / b, 4),
-           "peak_bytes": _peak_bytes(), "program": first[0]["stage"],
+           "peak_bytes": device_peak_bytes(), "program": first[0]["stage"],
            "finite": bool(np.isfinite(out["small"]).all())}
-    peak = f"{row['peak_bytes'] / 2 ** 30:.2f} GiB" if row["peak_bytes"] else "n/a"
     log(f"batch {b:4d}: compile {compile_s:7.2f}s  sampling {run_s:8.3f}s  {row['s_per_image']:.4f} s/image  "
-        f"peak memory {peak}")
+        f"peak memory {gib(row['peak_bytes'])}")
     if stages:
       pipe._uncond = None  # noqa: SLF001 - the empty caption's encoding counts as text-encoder time
       staged = lambda r: _staged(pipe, prompts, seeds(r), settings, candidates)  # noqa: E731
@@ -116,7 +108,7 @@ def run(preset: str, batches: list[int], *, overrides: dict, candidates: int = 1
       row["stages"] = {k: {"compile_s": 0.0, "run_s": round(float(np.median([_stage_totals(c[0])[k]["run_s"]
                                                                               for c in calls])), 4)}
                        for k in _stage_totals(calls[0][0])}
-      row["peak_bytes_with_stages"] = _peak_bytes()
+      row["peak_bytes_with_stages"] = device_peak_bytes()
       log(f"            stages as separate programs: wall {row['stages_wall_s']:.3f}s (one program: "
           f"{row['wall_s']:.3f}s)  " + "  ".join(f"{k} compile {v['compile_s']:.2f}s run {row['stages'][k]['run_s']:.3f}s"
                                                 for k, v in row["stages_first_call"].items()))

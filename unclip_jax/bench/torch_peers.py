@@ -118,6 +118,14 @@ class Peer:
     if self.gpu:
       self.torch.cuda.synchronize()
 
+  def reset_peak(self) -> None:
+    if self.gpu:
+      self.torch.cuda.reset_peak_memory_stats(self.device)
+
+  def peak_bytes(self) -> int | None:
+    """The GPU's peak bytes allocated by torch since `reset_peak` (None on a CPU, where torch keeps none)."""
+    return int(self.torch.cuda.max_memory_allocated(self.device)) if self.gpu else None
+
   def prepare(self, *modules) -> None:
     """Moves `modules` to the device and compiles them in place (mode "compile") or undoes that."""
     for m in modules:
