@@ -41,6 +41,39 @@ def test_peers_cli_writes_the_table_and_json(tmp_path, capsys):
 
 
 @pytest.mark.peers
+def test_isolate_runs_each_row_in_its_own_process(tmp_path, capsys):
+  require("diffusers")
+  require("open_clip")
+  out = tmp_path / "peers.json"
+  assert peers.main(["--size", "tiny", "--rows", "clip,prior_sampling", "--rounds", "1", "--peer-mode", "eager",
+                     "--isolate", "--json", str(out)]) == 0
+  report = json.loads(out.read_text())
+  assert report["isolated"] is True and report["complete"] is True and report["backend"] == "cpu"
+  _check_rows(report["rows"], ["clip forward", "prior sampling 25 steps"])
+  printed = capsys.readouterr().out
+  assert printed.count("bench peers --size tiny: jax") == 2  # each child's header, relayed
+
+
+@pytest.mark.peers
+def test_isolate_goes_on_past_a_failed_row(tmp_path, monkeypatch, capsys):
+  require("diffusers")
+  out = tmp_path / "peers.json"
+  seen = []
+
+  def run_child(cmd, name):
+    seen.append(cmd[cmd.index("--rows") + 1])
+    if name == "clip forward":
+      raise UserError("the process of the 'clip forward' row exited with status 1")
+    return {"backend": "cpu"}, {"name": name, "ours_s": 1.0, "peer_s": 2.0, "ratio": 2.0, "peer_mode": "torch"}
+  monkeypatch.setattr(peers, "_run_child", run_child)
+  assert peers.main(["--size", "tiny", "--rows", "clip,prior_sampling", "--rounds", "1", "--isolate",
+                     "--json", str(out)]) == 1
+  assert seen == ["clip", "prior_sampling"] and "failed: clip forward" in capsys.readouterr().out
+  rows = json.loads(out.read_text())["rows"]
+  assert "exited with status 1" in rows[0]["error"] and rows[1]["ratio"] == 2.0
+
+
+@pytest.mark.peers
 def test_peers_json_keeps_the_rows_finished_before_a_failure(tmp_path, monkeypatch):
   require("diffusers")
   out = tmp_path / "peers.json"

@@ -1,6 +1,7 @@
 """`python -m unclip_jax.bench peers`: ours against the PyTorch peers, same architectures, same weights.
 
-    python -m unclip_jax.bench peers [--size cpu|karlo] [--rows ROW,...] [--rounds 7] [--json FILE]
+    python -m unclip_jax.bench peers [--size cpu|karlo] [--rows ROW,...] [--rounds 7] [--isolate]
+                                     [--json FILE]
 
 Every row builds the peer (open_clip / diffusers, random weights) and ours from the peer's weights through
 our converters (`unclip_jax.convert.clip`, `unclip_jax.convert.karlo`), then times the same work in one
@@ -21,18 +22,22 @@ The peer runs in its best mode (`--peer-mode best`): on a CPU eager with all cor
 oversubscribed machine stalls OpenMP's barriers) and `torch.compile` at the better count, whichever is
 fastest in warm-up; on a GPU, bf16 autocast (ours then computes in bfloat16 too). Ours runs with whatever
 `XLA_FLAGS` the process has (the bench CLI sets `unclip_jax.xla_flags` defaults when none are set).
-On a GPU each row also reports peak device memory: ours (JAX's peak since the process started, so one row
-per process gives each row its own) and the peer's (torch's, reset for every row). `--json` is rewritten
-after every row. Sizes: `cpu` (a 12.9M decoder: 64/128/192 channels, 2 res blocks, attention at 16 and
+On a GPU each row also reports peak device memory: ours (JAX's peak since the process started, so
+`--isolate`, one process per row, gives each row its own) and the peer's (torch's, reset for every row);
+JAX takes 45% of the accelerator's memory unless `XLA_PYTHON_CLIENT_MEM_FRACTION` says otherwise, torch
+the rest. `--json` is rewritten after every row. Sizes: `cpu` (a 12.9M decoder: 64/128/192 channels, 2 res blocks, attention at 16 and
 8 px, 32 px images, 128-d CLIP; a 6-layer 256-wide prior; a 64 px ViT; a 32→128 px upsampler) and `karlo`
 (Karlo's published sizes with ViT-L/14: for a GPU). `--size tiny` is the test suite's wiring check.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -41,67 +46,16 @@ import numpy as np
 
 from unclip_jax.bench import torch_peers as tp
 from unclip_jax.bench.memory import device_peak_bytes, gib
+from unclip_jax.bench.sizes import size_spec
 from unclip_jax.errors import ArgumentParser, UserError
 
 ROWS = ("clip forward", "prior train step", "prior sampling 25 steps", "decoder train step",
         "decoder 3x3 convolutions", "decoder sampling 25 steps guided", "pipeline 25/25/7")
 ROW_KEYS = {"clip": ROWS[0], "prior_train": ROWS[1], "prior_sampling": ROWS[2], "decoder_train": ROWS[3],
             "decoder_convs": ROWS[4], "decoder_sampling": ROWS[5], "pipeline": ROWS[6]}
+SHARED_MEMORY_FRACTION = ".45"  # of an accelerator's memory for JAX, the rest left to torch
 STEPS = {"prior": 25, "decoder": 25, "sr": 7}
 SCALES = {"prior": 4.0, "decoder": 8.0}
-
-
-def _karlo_unet(size, chans, layers, attention, cross, head, groups=32):
-  downs = tuple("SimpleCrossAttnDownBlock2D" if a else "ResnetDownsampleBlock2D" for a in attention)
-  ups = tuple("SimpleCrossAttnUpBlock2D" if a else "ResnetUpsampleBlock2D" for a in reversed(attention))
-  return dict(sample_size=size, layers_per_block=layers, down_block_types=downs, up_block_types=ups,
-              mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=chans, in_channels=3, out_channels=6,
-              cross_attention_dim=cross, class_embed_type="identity", attention_head_dim=head,
-              resnet_time_scale_shift="scale_shift", norm_num_groups=groups)
-
-
-def _sr_unet(size, chans, layers, groups=32):
-  return dict(sample_size=size, layers_per_block=layers, down_block_types=("ResnetDownsampleBlock2D",) * len(chans),
-              up_block_types=("ResnetUpsampleBlock2D",) * len(chans), block_out_channels=chans, in_channels=6,
-              out_channels=3, add_attention=False, norm_num_groups=groups)
-
-
-def size_spec(size: str) -> dict:
-  """The peer model configs (open_clip / diffusers kwargs) and batch sizes of a bench size."""
-  if size == "tiny":  # wiring only (the test suite): every model a few thousand parameters
-    d, ctx = 32, 16
-    return dict(
-        clip=dict(embed_dim=d, quick_gelu=False, vision=dict(image_size=16, patch_size=8, width=32, layers=1,
-                                                             head_width=16),
-                  text=dict(context_length=ctx, vocab_size=49408, width=d, heads=2, layers=1)),
-        prior=dict(num_attention_heads=2, attention_head_dim=16, num_layers=1, embedding_dim=d, num_embeddings=ctx),
-        decoder=dict(unet=_karlo_unet(8, (32, 64), 1, (False, True), 32, 16, groups=8),
-                     text_proj=dict(clip_embeddings_dim=d, time_embed_dim=128, cross_attention_dim=32)),
-        upsampler=_sr_unet(32, (16, 32), 1, groups=8), heads=(2, 2),
-        batch=dict(clip=2, prior_train=8, prior_sample=2, decoder_train=8, decoder_sample=2, pipeline=2))
-  if size == "cpu":
-    d, ctx = 128, 77
-    return dict(
-        clip=dict(embed_dim=d, quick_gelu=False, vision=dict(image_size=64, patch_size=8, width=256, layers=4,
-                                                             head_width=64),
-                  text=dict(context_length=ctx, vocab_size=49408, width=d, heads=2, layers=4)),
-        prior=dict(num_attention_heads=4, attention_head_dim=64, num_layers=6, embedding_dim=d, num_embeddings=ctx),
-        decoder=dict(unet=_karlo_unet(32, (64, 128, 192), 2, (False, True, True), 128, 64),
-                     text_proj=dict(clip_embeddings_dim=d, time_embed_dim=256, cross_attention_dim=128)),
-        upsampler=_sr_unet(128, (32, 64, 128, 192), 1), heads=(4, 2),
-        batch=dict(clip=8, prior_train=32, prior_sample=8, decoder_train=8, decoder_sample=4, pipeline=4))
-  if size == "karlo":  # Kakao Brain's Karlo v1 alpha sizes, CLIP ViT-L/14
-    d, ctx = 768, 77
-    return dict(
-        clip=dict(embed_dim=d, quick_gelu=True, vision=dict(image_size=224, patch_size=14, width=1024, layers=24,
-                                                            head_width=64),
-                  text=dict(context_length=ctx, vocab_size=49408, width=768, heads=12, layers=12)),
-        prior=dict(num_attention_heads=32, attention_head_dim=64, num_layers=20, embedding_dim=d, num_embeddings=ctx),
-        decoder=dict(unet=_karlo_unet(64, (320, 640, 960, 1280), 3, (False, True, True, True), 1536, 64),
-                     text_proj=dict(clip_embeddings_dim=d, time_embed_dim=1280, cross_attention_dim=1536)),
-        upsampler=_sr_unet(256, (320, 640, 960, 1280), 3), heads=(16, 12),
-        batch=dict(clip=32, prior_train=64, prior_sample=8, decoder_train=8, decoder_sample=8, pipeline=8))
-  raise UserError(f"unknown --size {size!r}; choose cpu, karlo or tiny")
 
 
 # ---------------------------------------------------------------------------------------- our side
@@ -538,6 +492,10 @@ def _parse(argv):
   p.add_argument("--rounds", type=int, default=7, help="alternating timed rounds after warm-up (medians; >= 5)")
   p.add_argument("--peer-mode", default="best", choices=("best", "eager", "compile"),
                  help="PyTorch eager, torch.compile, or the faster of the two (with the better CPU thread count)")
+  p.add_argument("--isolate", action="store_true",
+                 help="run each row in its own process: its own peak memory (JAX cannot reset the count), and a "
+                      "row that fails or runs out of memory does not stop the others (use it on a GPU)")
+  p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one row, in a child process
   p.add_argument("--json", default=None, help="also write the results to this JSON file")
   return p.parse_args(argv)
 
@@ -550,6 +508,10 @@ def main(argv) -> int:
     raise UserError(f"unknown --rows {unknown or args.rows!r}; choose from {', '.join(ROW_KEYS)}")
   if args.rounds < (1 if args.size == "tiny" else 5):
     raise UserError(f"--rounds must be at least 5 (medians of 5 or more), got {args.rounds}")
+  # JAX and torch share one accelerator here: unless told otherwise JAX takes 45% of its memory, not 75%.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", SHARED_MEMORY_FRACTION)
+  if args.isolate and not args.worker:
+    return _isolated(args, keys)
   spec = size_spec(args.size)
   env = environment()
   print(f"bench peers --size {args.size}: jax {env['jax']} on {env['devices']} x {env['device_kind']} "
@@ -567,6 +529,9 @@ def main(argv) -> int:
           flush=True)
     results.append(result)
     del row
+    if args.worker:  # the parent reads the row from this last line
+      print(json.dumps({"env": env, "row": result}), flush=True)
+      return 0
     if args.json:  # after every row: a run stopped part-way keeps the rows it finished
       _write_json(args.json, args.size, env, results, complete=len(results) == len(keys))
   env["load_average_end"] = environment()["load_average"]
@@ -574,6 +539,45 @@ def main(argv) -> int:
   if args.json:
     _write_json(args.json, args.size, env, results, complete=True)
   return 0
+
+
+def _isolated(args, keys: list[str]) -> int:
+  """`--isolate`: every row in a child process (`--worker`), its output relayed, its result collected; a
+  row whose process fails is reported as such and the next one runs. Exit 1 if any row failed."""
+  env, results = {}, []
+  for key in keys:
+    cmd = [sys.executable, "-m", "unclip_jax.bench", "peers", "--worker", "--size", args.size, "--rows", key,
+           "--rounds", str(args.rounds), "--peer-mode", args.peer_mode]
+    try:
+      child_env, result = _run_child(cmd, ROW_KEYS[key])
+      env = env or child_env
+    except UserError as e:
+      print(f"{ROW_KEYS[key]}: {e}", flush=True)
+      result = {"name": ROW_KEYS[key], "error": str(e)}
+    results.append(result)
+    if args.json:
+      _write_json(args.json, args.size, dict(env, isolated=True), results, complete=len(results) == len(keys))
+  print(table([r for r in results if "error" not in r]))
+  failed = [r["name"] for r in results if "error" in r]
+  if failed:
+    print(f"failed: {', '.join(failed)}")
+  return 1 if failed else 0
+
+
+def _run_child(cmd: list[str], name: str) -> tuple[dict, dict]:
+  """Runs one row's process, relaying its output (its stderr goes straight through); returns (env, row)."""
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+  last = None
+  for line in proc.stdout:
+    if line.startswith("{"):
+      last = line
+    else:
+      print(line, end="", flush=True)
+  code = proc.wait()
+  if code or last is None:
+    raise UserError(f"the process of the {name!r} row exited with status {code} (its error is printed above)")
+  report = json.loads(last)
+  return report["env"], report["row"]
 
 
 def _write_json(path: str, size: str, env: dict, results: list[dict], complete: bool) -> None:
