@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.peers import require
-from unclip_jax.bench import mfu, peers, scaling
+from unclip_jax.bench import mfu, peer_timing, peers, scaling
 from unclip_jax.bench import train as bench_train
 from unclip_jax.errors import UserError
 
@@ -132,6 +132,27 @@ def test_the_convolution_row_computes_the_peer_s_gradients():
   for g, t in zip(g_xs, theirs[2 * len(g_params):]):
     g = np.asarray(g).reshape((-1,) + g.shape[2:])
     np.testing.assert_allclose(g, t.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.peers
+def test_the_float16_peer_runs_the_inference_rows_in_float16():
+  """`Peer(half=True)`: weights and floating inputs in float16 (masks and ids kept), the same embeddings as
+  the float32 peer to float16's precision; rows with gradients refuse it."""
+  require("open_clip")
+  row = peers.build_row("clip", peers.size_spec("tiny"), gpu=False)
+  outs = {}
+  for half in (False, True):
+    peer = peers.tp.Peer("eager", half=half)
+    peer.prepare(*row.modules)
+    assert all(p.dtype == (peer.torch.float16 if half else peer.torch.float32) for p in row.modules[0].parameters())
+    outs[half] = [t.float().numpy() for t in row.make_peer(peer)()]
+  assert peer.tensor(np.ones(2, np.float32)).dtype == peer.torch.float16 and peer.tensor(np.ones(2, bool)).dtype \
+      == peer.torch.bool and peer.tensor(np.ones(2, np.int64)).dtype == peer.torch.int64
+  assert "eager fp16" in peer.describe()
+  for a, b in zip(outs[False], outs[True]):
+    np.testing.assert_allclose(b, a, rtol=2e-2, atol=2e-2)
+  with pytest.raises(UserError, match="--peer-mode fp16 is for rows without gradients"):
+    peer_timing.choose_peer(peers.Row("decoder train step", None, None, [], {}, inference=False), "fp16", print)
 
 
 def test_peers_bad_arguments():

@@ -59,7 +59,8 @@ def test_ema_weights_are_used_when_present(tmp_path):
   np.testing.assert_array_equal(tree["params"]["prd_embedding"], ema["params"]["prd_embedding"])
   tree, which = P.load_stage_tree(tmp_path / "packed", kind, read_stage(tmp_path / "packed"), ema=False,
                                   log=said.append)
-  assert which == "ema" and said == ["packed: this packed checkpoint holds only its EMA weights; --no-ema does not apply"]
+  assert which == "ema"
+  assert said == ["packed: this packed checkpoint holds only its EMA weights; --no-ema does not apply"]
 
 
 def test_init_random_refuses_a_non_empty_folder(tmp_path, capsys):

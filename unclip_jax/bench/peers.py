@@ -20,14 +20,17 @@ ours is faster. Rows:
   pipeline 25/25/7          text → image, ours `Pipeline.generate`; the peer `UnCLIPPipeline`
 The peer runs in its best mode (`--peer-mode best`): on a CPU eager with all cores or one thread (an
 oversubscribed machine stalls OpenMP's barriers) and `torch.compile` at the better count, whichever is
-fastest in warm-up; on a GPU, bf16 autocast (ours then computes in bfloat16 too). Ours runs with whatever
-`XLA_FLAGS` the process has (the bench CLI sets `unclip_jax.xla_flags` defaults when none are set).
+fastest in warm-up; on a GPU, bf16 autocast or, in the rows without gradients, float16 weights (as
+diffusers' pipelines run with `torch_dtype=torch.float16`), eager or compiled, whichever is fastest (ours
+then computes in bfloat16). Ours runs with whatever `XLA_FLAGS` the process has (the bench CLI sets
+`unclip_jax.xla_flags` defaults when none are set).
 On a GPU each row also reports peak device memory: ours (JAX's peak since the process started, so
-`--isolate`, one process per row, gives each row its own) and the peer's (torch's, reset for every row);
-JAX takes 45% of the accelerator's memory unless `XLA_PYTHON_CLIENT_MEM_FRACTION` says otherwise, torch
-the rest. `--json` is rewritten after every row. Sizes: `cpu` (a 12.9M decoder: 64/128/192 channels, 2 res blocks, attention at 16 and
-8 px, 32 px images, 128-d CLIP; a 6-layer 256-wide prior; a 64 px ViT; a 32→128 px upsampler) and `karlo`
-(Karlo's published sizes with ViT-L/14: for a GPU). `--size tiny` is the test suite's wiring check.
+`--isolate`, one process per row, gives each row its own) and the peer's (torch's, reset for every row); JAX
+takes 45% of the accelerator's memory unless `XLA_PYTHON_CLIENT_MEM_FRACTION` says otherwise, torch the
+rest. `--json` is rewritten after every row. Sizes: `cpu` (a 12.9M decoder: 64/128/192 channels, 2 res
+blocks, attention at 16 and 8 px, 32 px images, 128-d CLIP; a 6-layer 256-wide prior; a 64 px ViT; a 32→128
+px upsampler) and `karlo` (Karlo's published sizes with ViT-L/14: for a GPU). `--size tiny` is the test
+suite's wiring check.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ from typing import Callable
 import numpy as np
 
 from unclip_jax.bench import torch_peers as tp
-from unclip_jax.bench.memory import device_peak_bytes, gib
+from unclip_jax.bench.memory import gib
+from unclip_jax.bench.peer_timing import run_row
 from unclip_jax.bench.sizes import size_spec
 from unclip_jax.errors import ArgumentParser, UserError
 
@@ -202,8 +206,10 @@ def _text(rng, n: int, length: int, d: int) -> dict[str, np.ndarray]:
 class Row:
   """One row: `ours()` and the peer's work, `make_peer(peer)` → callable, over the torch `modules`."""
 
-  def __init__(self, name: str, ours: Callable, make_peer: Callable, modules: list, info: dict):
+  def __init__(self, name: str, ours: Callable, make_peer: Callable, modules: list, info: dict,
+               inference: bool = True):
     self.name, self.ours, self.make_peer, self.modules, self.info = name, ours, make_peer, modules, info
+    self.inference = inference  # no gradients: the peer may run in float16 (`Peer(half=True)`)
 
 
 def _train_row(name: str, stage: str, spec: dict, dtype: str) -> Row:
@@ -246,7 +252,8 @@ def _train_row(name: str, stage: str, spec: dict, dtype: str) -> Row:
                              float(config.train.clip_emb_drop))
     step = tp.TrainStep(peer, modules, loss, config.optim)
     return lambda: step(t_batch)
-  return Row(name, ours, make_peer, modules, {"batch": n, "parameters": tp.describe_modules(*modules)})
+  return Row(name, ours, make_peer, modules, {"batch": n, "parameters": tp.describe_modules(*modules)},
+             inference=False)
 
 
 def conv_levels(spec: dict) -> list[tuple[int, int]]:
@@ -298,7 +305,7 @@ def _conv_row(name: str, spec: dict, dtype: str) -> Row:
     run = tp.conv_gradients(peer, model)
     return lambda: run(t_xs)
   return Row(name, ours, make_peer, [model], {"batch": b, "parameters": tp.describe_modules(model),
-                                              "levels": [f"{s}x{s}x{c}" for s, c in levels]})
+                                              "levels": [f"{s}x{s}x{c}" for s, c in levels]}, inference=False)
 
 
 def _sampling_row(name: str, which: str, spec: dict, dtype: str | None) -> Row:
@@ -392,79 +399,6 @@ def build_row(key: str, spec: dict, gpu: bool) -> Row:
   return _sampling_row(name, key.split("_")[0], spec, "bfloat16" if gpu else None)
 
 
-# -------------------------------------------------------------------------------------------- timing
-
-def _timed(fn: Callable) -> float:
-  start = time.perf_counter()
-  fn()
-  return time.perf_counter() - start
-
-
-def choose_peer(row: Row, mode: str, log) -> tuple[tp.Peer, Callable, list[dict]]:
-  """The peer's best mode for this row (see module docstring): each candidate warmed up (compiled), then
-  timed twice; the fastest (by its faster call) wins. Returns (peer, its callable, the trials)."""
-  base = tp.Peer()
-  base.reset_peak()
-  candidates = []
-  if mode in ("eager", "best"):
-    candidates.append(tp.Peer("eager"))
-    if mode == "best" and not base.gpu and base.threads > 1:
-      candidates.append(tp.Peer("eager", 1))
-  trials = []
-  best = None
-  for peer in candidates:
-    trials.append(_trial(row, peer))
-    best = best if best is not None and best[1] <= trials[-1]["s"] else (peer, trials[-1]["s"])
-  if mode in ("compile", "best"):
-    peer = tp.Peer("compile", best[0].threads if best else None)
-    try:
-      trials.append(_trial(row, peer))
-      if best is None or trials[-1]["s"] < best[1]:
-        best = (peer, trials[-1]["s"])
-    except Exception as e:  # noqa: BLE001 - no compiler, an unsupported op: eager stays the peer's best
-      if mode == "compile":
-        raise UserError(f"torch.compile failed for {row.name}: {type(e).__name__}: {e}") from None
-      trials.append({"mode": peer.describe(), "error": f"{type(e).__name__}: {str(e)[:200]}"})
-  for t in trials:
-    log(f"    peer {t['mode']}: " + (f"{t['s']:.3f} s" if "s" in t else f"failed ({t['error']})"))
-  peer = best[0]
-  peer.activate()
-  peer.prepare(*row.modules)
-  return peer, row.make_peer(peer), trials
-
-
-def _trial(row: Row, peer: tp.Peer) -> dict:
-  peer.activate()
-  peer.prepare(*row.modules)
-  fn = row.make_peer(peer)
-  start = time.perf_counter()
-  fn()
-  first = time.perf_counter() - start
-  return {"mode": peer.describe(), "first_call_s": round(first, 3), "s": min(_timed(fn), _timed(fn))}
-
-
-def run_row(row: Row, rounds: int, mode: str, log=print) -> dict:
-  """Warm-up, then `rounds` alternating timings of ours and the peer (order flipped every round)."""
-  start = time.perf_counter()
-  row.ours()
-  ours_first = time.perf_counter() - start
-  row.ours()
-  peer, peer_fn, trials = choose_peer(row, mode, log)
-  times = {"ours": [], "peer": []}
-  for r in range(rounds):
-    order = (("ours", row.ours), ("peer", peer_fn))
-    for who, fn in (order if r % 2 == 0 else order[::-1]):
-      if who == "peer":
-        peer.activate()
-      times[who].append(_timed(fn))
-  ours_s, peer_s = float(np.median(times["ours"])), float(np.median(times["peer"]))
-  memory = {"ours_peak_bytes": device_peak_bytes(), "peer_peak_bytes": peer.peak_bytes()}
-  return {"name": row.name, "ours_s": round(ours_s, 6), "peer_s": round(peer_s, 6),
-          "ratio": round(peer_s / ours_s, 3), "peer_mode": peer.describe(), "ours_first_call_s": round(ours_first, 2),
-          "rounds": rounds, "ours_all_s": [round(t, 6) for t in times["ours"]],
-          "peer_all_s": [round(t, 6) for t in times["peer"]], "peer_trials": trials, **memory, **row.info}
-
-
 def environment() -> dict:
   import jax
 
@@ -490,8 +424,9 @@ def _parse(argv):
   p.add_argument("--size", default="cpu", choices=("cpu", "karlo", "tiny"))
   p.add_argument("--rows", default=",".join(ROW_KEYS), help="comma-separated: " + ", ".join(ROW_KEYS))
   p.add_argument("--rounds", type=int, default=7, help="alternating timed rounds after warm-up (medians; >= 5)")
-  p.add_argument("--peer-mode", default="best", choices=("best", "eager", "compile"),
-                 help="PyTorch eager, torch.compile, or the faster of the two (with the better CPU thread count)")
+  p.add_argument("--peer-mode", default="best", choices=("best", "eager", "compile", "fp16"),
+                 help="PyTorch eager, torch.compile, eager with float16 weights (rows without gradients), or the "
+                      "fastest of them (with the better CPU thread count; float16 only on a GPU)")
   p.add_argument("--isolate", action="store_true",
                  help="run each row in its own process: its own peak memory (JAX cannot reset the count), and a "
                       "row that fails or runs out of memory does not stop the others (use it on a GPU)")

@@ -85,23 +85,27 @@ def import_peer(name: str):
 
 
 class Peer:
-  """How PyTorch runs: device, `mode` ("eager" or "compile"), CPU `threads`, bf16 autocast on a GPU."""
+  """How PyTorch runs: device, `mode` ("eager" or "compile"), CPU `threads`, and its precision: bf16
+  autocast on a GPU, or (`half`, for inference) the weights and inputs in float16, as diffusers' pipelines
+  run with `torch_dtype=torch.float16`."""
 
   default_threads: int | None = None  # torch's own CPU thread count, read once before any change
 
-  def __init__(self, mode: str = "eager", threads: int | None = None):
+  def __init__(self, mode: str = "eager", threads: int | None = None, half: bool = False):
     self.torch = torch = import_peer("torch")
     self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if Peer.default_threads is None:
       Peer.default_threads = torch.get_num_threads()
-    self.mode, self.threads = mode, threads or Peer.default_threads
+    self.mode, self.threads, self.half = mode, threads or Peer.default_threads, half
 
   @property
   def gpu(self) -> bool:
     return self.device.type == "cuda"
 
   def describe(self) -> str:
-    what = self.mode + (" bf16 autocast" if self.gpu else f", {self.threads} thread{'s' if self.threads > 1 else ''}")
+    what = self.mode + (" fp16" if self.half else " bf16 autocast" if self.gpu else "")
+    if not self.gpu:
+      what += f", {self.threads} thread{'s' if self.threads > 1 else ''}"
     return f"torch {self.torch.__version__} {self.device.type} {what}"
 
   def activate(self) -> None:
@@ -110,7 +114,7 @@ class Peer:
       self.torch.set_num_threads(self.threads)
 
   def autocast(self):
-    if self.gpu:
+    if self.gpu and not self.half:
       return self.torch.autocast("cuda", dtype=self.torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -127,16 +131,21 @@ class Peer:
     return int(self.torch.cuda.max_memory_allocated(self.device)) if self.gpu else None
 
   def prepare(self, *modules) -> None:
-    """Moves `modules` to the device and compiles them in place (mode "compile") or undoes that."""
+    """Moves `modules` to the device in this peer's weight dtype (float16 or float32) and compiles them in
+    place (mode "compile") or undoes that."""
     for m in modules:
-      m.to(self.device)
+      m.to(self.device, self.torch.float16 if self.half else self.torch.float32)
       if self.mode == "compile":
         m.compile()
       else:
         m._compiled_call_impl = None  # noqa: SLF001 - what Module.compile() sets
 
   def tensor(self, a, dtype=None):
-    return self.torch.as_tensor(np.array(a), device=self.device, dtype=dtype)  # a copy: writable, owned
+    """A copy of `a` on the device (writable, owned); floating arrays in float16 for a `half` peer."""
+    a = np.array(a)
+    if dtype is None and self.half and np.issubdtype(a.dtype, np.floating):
+      dtype = self.torch.float16
+    return self.torch.as_tensor(a, device=self.device, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------- models

@@ -84,7 +84,8 @@ def main(argv: Sequence[str]) -> int:
       sampling = json.loads(args.sampling) if args.sampling else None
     except json.JSONDecodeError as e:
       raise UserError(f"--sampling is not valid JSON ({e.msg})") from None
-    if sampling is not None and not (isinstance(sampling, dict) and all(isinstance(v, dict) for v in sampling.values())):
+    nested = isinstance(sampling, dict) and all(isinstance(v, dict) for v in sampling.values())
+    if sampling is not None and not nested:
       raise UserError("--sampling must be a JSON object {stage: {field: value}}")
     out = pack(args.src, args.out, storage_dtype=None if args.dtype == "float32" else args.dtype, ema=args.ema,
                meta=meta, sampling=sampling, reuse=args.reuse)
