@@ -178,6 +178,11 @@ def test_mfu_reports_flops_and_utilisation(tmp_path):
     mfu.main(["--stages", "vae"])
 
 
+def test_mfu_matmul_probe_multiplies_in_the_stage_dtype():
+  assert str(mfu.matmul_operand(1, 8, "bfloat16").dtype) == "bfloat16"
+  assert str(mfu.matmul_operand(2, 8, "float32").dtype) == "float32"
+
+
 def test_mfu_datasheet_peaks():
   assert mfu.datasheet_peak("NVIDIA H200", "bfloat16") == 989e12
   assert mfu.datasheet_peak("TPU v5 lite", "bfloat16") == 197e12  # not v5p's, listed after it

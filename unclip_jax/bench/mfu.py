@@ -171,6 +171,15 @@ def _random_params(stage, seed: int):
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def matmul_operand(k: int, n: int, dtype: str):
+  """k random n×n matrices of unit-scale products, in `dtype` (scaled in float32 and cast after: a numpy
+  scalar would promote bfloat16 to float32, and the probe would time float32 (TF32 on a GPU) matmuls)."""
+  import jax
+  import jax.numpy as jnp
+
+  return (jax.random.normal(jax.random.key(0), (k, n, n), jnp.float32) / np.sqrt(n)).astype(dtype)
+
+
 def matmul_peak(devices, dtype: str = "float32", n: int | None = None, repeats: int = 5) -> float:
   """FLOP/s of an n×n matmul pmapped over `devices` (all running at once), best of `repeats` timings of
   `calls` products each. n defaults to 2048 on a CPU and 8192 on an accelerator, where a 2048 product
@@ -182,8 +191,7 @@ def matmul_peak(devices, dtype: str = "float32", n: int | None = None, repeats: 
   calls = 10 if accelerator else 1
   k = len(devices)
   mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
-  x = jax.device_put(jax.random.normal(jax.random.key(0), (k, n, n), dtype) / np.sqrt(n),
-                     jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")))
+  x = jax.device_put(matmul_operand(k, n, dtype), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")))
   f = jax.pmap(lambda a: a @ a, devices=devices)
   jax.block_until_ready(f(x))
   best = float("inf")
