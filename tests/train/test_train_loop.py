@@ -86,10 +86,10 @@ def test_sigterm_saves_and_stops(data_dir, tmp_path, monkeypatch):
   assert not (tmp_path / "run" / "export").exists()
 
 
-def test_one_step_in_flight_is_the_same_run_and_a_stop_drops_the_queued_step(data_dir, tmp_path, monkeypatch):
+def test_one_step_in_flight_is_the_same_run_and_a_stop_finishes_the_queued_step(data_dir, tmp_path, monkeypatch):
   """GPU/TPU dispatch step k+1 before reading step k; forced on here (one device: CPU collectives must not
-  overlap). SIGTERM arrives while step 3 runs, after step 4 was queued: step 3 is saved, the queued step
-  and its batch are given back, and the resumed run equals the one that waited on every step."""
+  overlap). SIGTERM arrives while step 3 runs, after step 4 was queued with step 3's state donated to it:
+  step 4 finishes and is saved, and the resumed run equals the one that waited on every step."""
   one = {"train.num_devices": 1}
   waited = loop.train(tiny_config(data_dir, **one), tmp_path / "waited", progress=False)
   monkeypatch.setattr(loop, "one_step_in_flight", lambda: True)
@@ -108,11 +108,11 @@ def test_one_step_in_flight_is_the_same_run_and_a_stop_drops_the_queued_step(dat
 
   monkeypatch.setattr(loop, "make_train_step", signalling)
   first = loop.train(tiny_config(data_dir, **one), tmp_path / "ahead", progress=False)
-  assert calls == [0, 1, 2, 3] and first.stopped_early and first.final_step == 3
-  assert sorted(os.listdir(tmp_path / "ahead" / "checkpoints")) == ["2", "3"]
+  assert calls == [0, 1, 2, 3] and first.stopped_early and first.final_step == 4
+  assert sorted(os.listdir(tmp_path / "ahead" / "checkpoints")) == ["2", "4"]
   second = loop.train(tiny_config(data_dir, **one), tmp_path / "ahead", progress=False)
-  assert second.start_step == 3 and second.final_step == 6
-  assert calls[4:] == [3, 4, 5]
+  assert second.start_step == 4 and second.final_step == 6
+  assert calls[4:] == [4, 5]
   assert len(assert_same_run(tmp_path / "waited", waited.state, tmp_path / "ahead", second.state)) == 6
 
 

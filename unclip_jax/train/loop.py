@@ -8,7 +8,9 @@ Each step's metrics are read back to the host, where the NaN guard checks the lo
 waited for before the next is dispatched, which also avoids a deadlock of XLA's collectives when several
 multi-device steps are in flight. On GPU/TPU the next step is dispatched before the current one's metrics
 are read (`one_step_in_flight`), so the accelerator never idles while the host logs; around checkpoints,
-samples, a stop and the last step nothing is dispatched ahead, so the state saved is the state read.
+samples and the last step nothing is dispatched ahead, so the state saved is the state read. The step
+donates its input state (one copy of it per device, not two), so a stop that arrives while a step is in
+flight lets that step finish and saves its state: the step before it no longer exists to be saved.
 """
 
 from __future__ import annotations
@@ -81,8 +83,10 @@ def make_train_step(stage, tx: optax.GradientTransformation, config, devices, la
 
   state_axes = TrainState(step=None, params=None, opt_state=0 if layout is not None else None, ema_params=None,
                           extra=None)
+  # The state is donated: XLA writes the new state into the old one's buffers, so a device holds one copy
+  # of the parameters, optimizer state and EMA, not two (the Karlo decoder: 14 GB less per device).
   return jax.pmap(per_device_step, axis_name=AXIS, in_axes=(state_axes, 0), out_axes=(state_axes, None),
-                  devices=devices)
+                  devices=devices, donate_argnums=(0,))
 
 
 def one_step_in_flight() -> bool:
@@ -277,7 +281,7 @@ def _train(config, workdir: Path, stop_after: int | None, progress: bool, dog: P
   step, stopped_early, sample_batch = start, False, None
   window_start, window_steps = None, 0  # steps/s over the last logging window, compilation excluded
   in_flight = one_step_in_flight()
-  queued, rewind = None, None  # the step dispatched ahead, and the data position before its batch
+  queued = None  # the step dispatched ahead (its input state donated to it)
 
   def dispatch_ahead(k: int) -> bool:  # may step k+1 start before step k is read? Not where step k's state is used.
     return (in_flight and k < total_steps and k % ckpt_every != 0 and not (sample_every and k % sample_every == 0)
@@ -298,7 +302,6 @@ def _train(config, workdir: Path, stop_after: int | None, progress: bool, dog: P
         (state, metrics), queued = queued, None
         step += 1
         if dispatch_ahead(step):
-          rewind = iterator.get_state()
           queued = p_step(state, _shard(device_arrays(next(iterator)), n_dev))
         metrics = {k: float(host_value(v)) for k, v in metrics.items()}
         if dog is not None:
@@ -326,12 +329,10 @@ def _train(config, workdir: Path, stop_after: int | None, progress: bool, dog: P
           params_now = sampling_params(state, layout)  # every process: sharded EMA slices are gathered
           if jax.process_index() == 0:
             _write_samples(stage, state, params_now, sample_batch, workdir, step, int(config.seed), writer)
-        if preemption.requested:
+        if preemption.requested and queued is None:  # a step in flight is finished (and read) first
           stopped_early = True
           print(f"\n{preemption.requested}: saving step {step} and exiting", flush=True)
           break
-      if queued is not None:  # stopped with the next step already dispatched: it never happened
-        iterator.set_state(rewind)
       if step != last_saved:
         checkpoints.save(step, _savable(state, replicated, opt_split, len(devices)), iterator.get_state())
       if step == total_steps and not stopped_early:
