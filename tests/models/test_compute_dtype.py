@@ -1,0 +1,59 @@
+"""A bfloat16 model computes in bfloat16: every convolution, and every matmul against a weight (a 2-D
+operand), takes bfloat16 operands. A float32 operand slipping in (a numpy scalar or a float32 constant
+promoting the activations) would run that op in float32, on a GPU at TF32's half of the bf16 rate, and
+nothing else would fail. Only the attention scores are float32 by design (diffusers' upcast), a product
+of two 4-D operands."""
+
+from __future__ import annotations
+
+import jax
+import pytest
+
+from unclip_jax.models import clip as clip_model
+from unclip_jax.models import prior as prior_model
+from unclip_jax.models import registry
+from unclip_jax.models import unet as unet_model
+from unclip_jax.models.presets import model_config
+
+
+def _products(jaxpr):
+  """Every convolution and dot_general in `jaxpr`, nested jaxprs included."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+      yield eqn
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          yield from _products(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          yield from _products(sub)
+
+
+def _forward(kind: str):
+  """The jaxpr of the tiny `kind` model's forward pass (its init) with bfloat16 compute."""
+  m = model_config(kind, "tiny").to_dict()
+  m["dtype"] = "bfloat16"
+  key = jax.random.key(0)
+  if kind == "clip":
+    config = clip_model.CLIPConfig.from_dict(m)
+    return jax.make_jaxpr(lambda k: clip_model.init_params(config, k))(key)
+  module = registry.build_model(kind, m, remat=False)
+  if kind == "prior":
+    return jax.make_jaxpr(lambda k: prior_model.init_variables(module, k, batch=2))(key)
+  if kind == "decoder":
+    return jax.make_jaxpr(lambda k: unet_model.init_decoder(module, k, image_size=int(m["image_size"]),
+                                                            text_len=4, batch=2))(key)
+  return jax.make_jaxpr(lambda k: unet_model.init_unet(module, k, image_size=int(m["image_size"]), batch=2))(key)
+
+
+@pytest.mark.parametrize("kind", ["clip", "prior", "decoder", "upsampler"])
+def test_a_bfloat16_model_computes_in_bfloat16(kind):
+  products = list(_products(_forward(kind).jaxpr))
+  assert products
+  for eqn in products:
+    dtypes = {str(v.aval.dtype) for v in eqn.invars}
+    shapes = [v.aval.shape for v in eqn.invars]
+    if eqn.primitive.name == "conv_general_dilated" or any(len(s) == 2 for s in shapes):
+      assert dtypes == {"bfloat16"}, (kind, eqn.primitive.name, shapes, dtypes)
+    else:  # activations against activations: bfloat16, or the attention scores in float32
+      assert len(dtypes) == 1 and all(len(s) == 4 for s in shapes), (kind, shapes, dtypes)
