@@ -197,6 +197,7 @@ def test_scaling_runs_each_device_count_in_its_own_process(tmp_path):
   rows = json.loads(out.read_text())["results"]
   assert [r["devices"] for r in rows] == [2] and all(r["global_batch"] == 8 for r in rows)
   assert all(r["examples_per_s"] > 0 and r["backend"] == "cpu" for r in rows)
+  assert all(r["compile_s"] > r["step_s"] for r in rows)  # the compile itself, not a compiled step
   env = scaling._worker_env(4)  # noqa: SLF001 - the child's flags: the parent's, device count replaced
   assert env["XLA_FLAGS"].count("--xla_force_host_platform_device_count") == 1
   assert env["XLA_FLAGS"].endswith("--xla_force_host_platform_device_count=4")
