@@ -20,8 +20,10 @@ def _timed(fn: Callable) -> float:
 
 
 def choose_peer(row, mode: str, log) -> tuple[tp.Peer, Callable, list[dict]]:
-  """The peer's best mode for this row (`--peer-mode`, see `bench.peers`): each candidate warmed up (compiled), then
-  timed twice; the fastest (by its faster call) wins. Returns (peer, its callable, the trials)."""
+  """The peer's best mode for this row (`--peer-mode`, see `bench.peers`): each candidate warmed up
+  (compiled), then timed twice; the fastest (by its faster call) wins. Returns (peer, its callable, the trials)."""
+  if mode == "fp16" and not row.inference:
+    raise UserError(f"--peer-mode fp16 is for rows without gradients; {row.name!r} trains (use eager or best)")
   base = tp.Peer()
   base.reset_peak()
   candidates = []
@@ -44,8 +46,6 @@ def choose_peer(row, mode: str, log) -> tuple[tp.Peer, Callable, list[dict]]:
         raise UserError(f"the float16 peer failed on {row.name}: {type(e).__name__}: {e}") from None
       raise
     best = best if best is not None and best[1] <= trials[-1]["s"] else (peer, trials[-1]["s"])
-  if mode == "fp16" and not row.inference:
-    raise UserError(f"--peer-mode fp16 is for rows without gradients; {row.name!r} trains (use eager or best)")
   if mode in ("compile", "best"):
     peer = tp.Peer("compile", best[0].threads if best else None, half=bool(best and best[0].half))
     try:

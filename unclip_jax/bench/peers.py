@@ -467,8 +467,8 @@ def main(argv) -> int:
     if args.worker:  # the parent reads the row from this last line
       print(json.dumps({"env": env, "row": result}), flush=True)
       return 0
-    if args.json:  # after every row: a run stopped part-way keeps the rows it finished
-      _write_json(args.json, args.size, env, results, complete=len(results) == len(keys))
+    if args.json and len(results) < len(keys):  # a run stopped part-way keeps the rows it finished
+      _write_json(args.json, args.size, env, results, complete=False)
   env["load_average_end"] = environment()["load_average"]
   print(table(results))
   if args.json:
