@@ -127,3 +127,31 @@ def test_decoder_candidates_without_an_image_tower_or_for_an_upsampler_are_one_e
   pipe.clip_config = dataclasses.replace(pipe.clip_config, image_tower=False)
   with pytest.raises(UserError, match="text encoder only; decoder candidates"):
     pipe.generate(["a red square"], [0], pipe.settings({"decoder": {"candidates": 2}}))
+
+
+def test_a_bfloat16_pipeline_holds_its_kernels_in_bfloat16_and_draws_what_float32_kernels_draw():
+  import dataclasses
+
+  import jax
+
+  pipe = P.Pipeline.random("tiny", seed=1, dtype="bfloat16", log=lambda m: None)
+  trees = {"clip": pipe.clip_params, "prior": pipe.prior_vars, "decoder": pipe.decoder_params,
+           "sr": [(s.params, s.last_params) for s in pipe.srs]}
+  for name, tree in trees.items():
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    kernels = {str(leaf.dtype) for path, leaf in leaves if getattr(path[-1], "key", None) == "kernel"}
+    others = {str(leaf.dtype) for path, leaf in leaves if getattr(path[-1], "key", None) != "kernel"}
+    assert kernels == {"bfloat16"}, name
+    assert "float32" in others and "bfloat16" not in others, name  # norms, biases, embeddings, prior stats
+  f32 = P.Pipeline.random("tiny", seed=1, log=lambda m: None)
+  assert {str(x.dtype) for x in jax.tree.leaves(f32.decoder_params)} == {"float32"}
+  # the same pipeline, its weights swapped for the float32 ones: the layers cast them, with the same result
+  ref = P.Pipeline.random("tiny", seed=1, dtype="bfloat16", log=lambda m: None)
+  ref.clip_params, ref.prior_vars, ref.decoder_params = f32.clip_params, f32.prior_vars, f32.decoder_params
+  ref.srs = [dataclasses.replace(s, params=o.params, last_params=o.last_params) for s, o in zip(ref.srs, f32.srs)]
+  args = (["a red circle above a blue square", "two green triangles"], [0, 1])
+  a, b = pipe.generate(*args, pipe.settings()), ref.generate(*args, ref.settings())
+  np.testing.assert_array_equal(a["image_embeds"], b["image_embeds"])
+  np.testing.assert_array_equal(a["small"], b["small"])
+  # the upsampler's fusions differ with the kernels' dtype: bf16 rounding, a level or two of 255
+  assert np.abs(a["images"].astype(int) - b["images"].astype(int)).mean() < 2
