@@ -89,6 +89,63 @@ def test_idle_counts_the_gaps_between_a_busy_threads_ops_only():
   assert profile.idle_between_ops([], kinds, steps=1)["share"] == 0.0
 
 
+GPU_HLO = """HloModule jit_program, entry_computation_layout={()->f32[]}
+
+%fused_convert (p: f32[3,3,64,64]) -> bf16[3,3,64,64] {
+  %p = f32[3,3,64,64]{3,2,1,0} parameter(0)
+  ROOT %c = bf16[3,3,64,64]{3,2,1,0} convert(%p)
+}
+
+ENTRY %main (x: bf16[8,32,32,64], w: f32[3,3,64,64], a: bf16[64,64]) -> f32[] {
+  %x = bf16[8,32,32,64]{3,2,1,0} parameter(0)
+  %w = f32[3,3,64,64]{3,2,1,0} parameter(1)
+  %a = bf16[64,64]{1,0} parameter(2)
+  %loop_convert_fusion.250 = bf16[3,3,64,64]{3,2,1,0} fusion(%w), kind=kLoop, calls=%fused_convert
+  %cudnn-conv-bias-activation.7 = (bf16[8,32,32,64]{3,2,1,0}, u8[131]{0}) custom-call(%x, %loop_convert_fusion.250), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBiasActivationForward"
+  %cudnn-conv-bw-filter.2 = (bf16[64,3,3,64]{3,2,1,0}, u8[0]{0}) custom-call(%x, %x), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardFilter"
+  %custom-call.628 = (bf16[64,64]{0,1}, s8[1024]{0}) custom-call(%a, %a), custom_call_target="__cublas$lt$matmul"
+  ROOT %r = f32[] constant(0)
+}
+"""
+
+
+def test_a_gpu_traces_kernels_are_named_by_their_ops_and_counted_without_host_launches():
+  """The shapes of an H200 trace of the Karlo pipeline: plain ops' kernels name their op (`hlo_op`), a CUDA
+  graph's kernels name the graph and are known by their own names (a fusion's, or a library's)."""
+  kinds = profile.classify_hlo(GPU_HLO)
+  assert kinds["cudnn-conv-bias-activation.7"] == "convolution"
+  assert kinds["cudnn-conv-bw-filter.2"] == "convolution: weights"
+  assert kinds["custom-call.628"] == "matmul"
+  assert kinds["loop_convert_fusion.250"] == "elementwise/reductions"
+
+  def kernel(name, op, ts, dur):
+    return {"ph": "X", "pid": 1, "tid": 14, "name": name, "ts": ts, "dur": dur,
+            "args": {"hlo_op": op, "kernel_details": "regs:21 grid:462,1,1"}}
+  events = [kernel("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32", "cudnn-conv-bias-activation.7", 0, 3000),
+            kernel("loop_convert_fusion_250", "command_buffer_1", 2999, 501),  # starts 1 us before the last ends
+            kernel("nvjet_sm90_tst_128x224_64x4_2x1_v_bz_coopA_NNT", "command_buffer_1", 3500, 1000),
+            kernel("sm90_xmma_wgrad_implicit_gemm_bf16", "command_buffer_1", 4500, 2000),
+            kernel("xmma_fprop_implicit_gemm_bf16", "custom-call.628", 7500, 500),  # a plain op: its op wins
+            {"ph": "X", "pid": 1, "tid": 15, "name": "MemcpyD2H", "ts": 8000, "dur": 100,
+             "args": {"hlo_op": "command_buffer_2", "memcpy_details": "size:4"}},
+            # the host's launch of the same ops: not device time
+            {"ph": "X", "pid": 701, "tid": 9, "name": "cudnn-conv-bias-activation.7", "ts": 0, "dur": 50000,
+             "args": {"hlo_op": "cudnn-conv-bias-activation.7"}}]
+  named, kinds = profile.device_events(events, kinds)
+  assert [e["name"] for e in named] == ["cudnn-conv-bias-activation.7", "loop_convert_fusion.250",
+                                        "nvjet_sm90_tst_128x224_64x4_2x1_v_bz_coopA_NNT",
+                                        "sm90_xmma_wgrad_implicit_gemm_bf16", "custom-call.628", "MemcpyD2H"]
+  out = profile.breakdown(named, kinds, steps=1, nested=False)
+  ms = {r["kind"]: r["ms_per_step"] for r in out["kinds"]}
+  assert ms["convolution"] == pytest.approx(3.0) and ms["convolution: weights"] == pytest.approx(2.0)
+  assert ms["matmul"] == pytest.approx(1.5) and ms["elementwise/reductions"] == pytest.approx(0.501)
+  assert ms["layout copies"] == pytest.approx(0.1)
+  idle = profile.idle_between_ops(named, kinds, steps=1)
+  assert idle["threads"] == 1 and idle["idle_ms_per_step"] == pytest.approx(1.0)  # 6500 to 7500 on stream 14
+  cpu = [e for e in events if "kernel_details" not in e["args"] and "memcpy_details" not in e["args"]]
+  assert profile.device_events(cpu, kinds)[0] is cpu  # a CPU's trace is read as it is
+
+
 def test_profile_cli_on_the_tiny_decoder(tmp_path, capsys):
   out = tmp_path / "profile.json"
   assert profile.main(["--preset", "tiny", "--stage", "decoder", "--steps", "1", "--batch", "8", "--top", "3",

@@ -21,7 +21,11 @@ Beside the kinds, `idle` is the time the busy threads (one per device) ran no op
 and last op of the traced steps: the runtime's dispatch and thread-pool hand-offs between ops, which a
 program of many small ops pays per op, and the host's time between steps.
 
-A fusion counts as a convolution or matmul when its fused computation holds one. Times are thread time
+A fusion counts as a convolution or matmul when its fused computation holds one; so does a library call
+(cuDNN's convolutions, cuBLAS's matmuls). On a GPU the times are the kernels' on the device's streams (the
+host's launch events are left out); a kernel is matched to its HLO op by the op the profiler names, or, inside
+a CUDA graph (XLA's command buffers), by its own name, and a library kernel with no op of its own by its name
+(cuDNN `fprop`/`dgrad`/`wgrad`, cuBLAS `gemm`/`nvjet`); `idle` is then the time the streams ran no kernel. Times are thread time
 summed over the devices, per step (per call for sampling); with one thread per device, their sum over the
 wall time says how busy the cores were. A kind that takes a large share at low FLOPs is what stands between the step
 and the matmul peak (`bench mfu`): that is the profile the speed issue asks for where we trail PyTorch.
@@ -51,6 +55,8 @@ _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _SHAPE = re.compile(r"^[a-z]\w*\[([\d,]*)\]")
 _WINDOW = re.compile(r"window=\{size=([\dx]+)")
 _LABELS = re.compile(r"dim_labels=\w+_\w+->(\w+)")
+_TARGET = re.compile(r'custom_call_target="([^"]+)"')
+DEVICE_DETAILS = ("kernel_details", "memcpy_details", "memset_details")  # a GPU trace's device-side events
 
 
 def _opcode(rest: str) -> tuple[str, str]:
@@ -80,6 +86,53 @@ def _conv_kind(shape: str, line: str) -> str:
   return "convolution: weights" if math.prod(win) > math.prod(spatial) else "convolution"
 
 
+def _library_kind(target: str) -> str | None:
+  """The kind of a library call (a custom-call's target, e.g. `__cudnn$convForward`, `__cublas$lt$matmul`)."""
+  t = target.lower()
+  if "conv" in t:
+    return "convolution: weights" if "backwardfilter" in t else "convolution"
+  if any(w in t for w in ("matmul", "gemm", "fmha")):
+    return "matmul"
+  return None
+
+
+def kernel_kind(kernel: str) -> str:
+  """The kind of a GPU kernel known only by its name (a library's kernel inside a CUDA graph)."""
+  k = kernel.lower()
+  if k.startswith(("memcpy", "memset")):
+    return "layout copies"
+  if "wgrad" in k:
+    return "convolution: weights"
+  if any(w in k for w in ("fprop", "dgrad", "conv")):
+    return "convolution"
+  if any(w in k for w in ("gemm", "nvjet", "cutlass", "cublas", "matmul", "fmha", "flash")):
+    return "matmul"
+  return "elementwise/reductions"
+
+
+def device_events(events: list[dict], kinds: dict[str, str]) -> tuple[list[dict], dict[str, str]]:
+  """A GPU trace's kernel events, named by their HLO ops, and the kinds extended by the kernels that have
+  none; a trace without device-side events (a CPU's) is returned as it is.
+
+  A kernel run by a plain op carries that op's name (`hlo_op`: `cudnn-conv-bias-activation.7` for cuDNN's
+  kernel); one run inside a CUDA graph carries the graph's (`command_buffer_3`), and its own name is then its
+  fusion's (`loop_convert_fusion_250` for `loop_convert_fusion.250`) or a library kernel's."""
+  device = [e for e in events if any(k in e.get("args", {}) for k in DEVICE_DETAILS)]
+  if not device:
+    return events, kinds
+  kinds = dict(kinds)
+  named = []
+  for e in device:
+    op, kernel = str(e.get("args", {}).get("hlo_op", "")), str(e.get("name", ""))
+    fusion = re.sub(r"_(\d+)$", r".\1", kernel)
+    name = next((n for n in (op, kernel, fusion) if n in kinds), None)
+    if name is None:
+      name = kernel
+      kinds[name] = kernel_kind(kernel)
+    named.append(dict(e, name=name))
+  return named, kinds
+
+
 def classify_hlo(text: str) -> dict[str, str]:
   """Every instruction of an optimised HLO module (its text) → its kind (see the module docstring)."""
   computations: dict[str, list[tuple[str, str, str, str]]] = {}
@@ -99,6 +152,8 @@ def classify_hlo(text: str) -> dict[str, str]:
       return _conv_kind(shape, line)
     if op == "dot":
       return "matmul"
+    if op == "custom-call" and (target := _TARGET.search(line)):
+      return _library_kind(target.group(1))
     if any(op.startswith(c) for c in COLLECTIVES):
       return "collectives"
     return None
@@ -157,11 +212,12 @@ def _by_thread(events: list[dict]) -> dict:
   return threads
 
 
-def breakdown(events: list[dict], kinds: dict[str, str], steps: int) -> dict:
+def breakdown(events: list[dict], kinds: dict[str, str], steps: int, nested: bool = True) -> dict:
   """Thread milliseconds per step by kind, and the heaviest ops, from the trace's events.
 
   Only innermost op events count: a loop's event (a sampler's `lax.scan`) holds its body's ops, which count
-  themselves. The time a collective spends in a rendezvous, waiting for the other devices to arrive, moves
+  themselves. `nested=False` (a GPU's kernels, which do not nest, though one may start a few ns before the
+  last one's recorded end) counts every event. The time a collective spends in a rendezvous, waiting for the other devices to arrive, moves
   from "collectives" to "waiting"."""
   per_kind: collections.Counter = collections.Counter()
   per_op: collections.Counter = collections.Counter()
@@ -171,7 +227,7 @@ def breakdown(events: list[dict], kinds: dict[str, str], steps: int) -> dict:
     collective_spans = []
     for e, after in zip(ops, ops[1:] + [None]):
       ts, dur = _span(e)
-      if after is not None and _span(after)[0] < ts + dur:  # it holds another op: count that one instead
+      if nested and after is not None and _span(after)[0] < ts + dur:  # it holds another op: count that one
         continue
       name = str(e["name"])
       per_kind[kinds[name]] += dur / 1000.0
@@ -224,8 +280,9 @@ def _traced(fn, calls: int, kinds: dict[str, str]) -> tuple[dict, float]:
       for _ in range(calls):
         fn()
       wall = (time.perf_counter() - start) / calls
-    events = trace_events(folder)
-    result = breakdown(events, kinds, calls)
+    host = trace_events(folder)
+    events, kinds = device_events(host, kinds)
+    result = breakdown(events, kinds, calls, nested=events is host)
     result["idle"] = idle_between_ops(events, kinds, calls)
   if not result["thread_ms_per_step"]:
     raise UserError("the trace holds no events of the compiled program's ops (this jax's profiler does not "
