@@ -53,3 +53,24 @@ def test_a_bfloat16_model_computes_in_bfloat16(kind):
   for eqn in products:
     dtypes = {str(v.aval.dtype) for v in eqn.invars}
     assert dtypes == {"bfloat16"}, (kind, eqn.primitive.name, [v.aval.shape for v in eqn.invars], dtypes)
+
+
+def test_a_bfloat16_clip_embedder_holds_its_kernels_in_bfloat16_and_embeds_as_with_float32_kernels():
+  import numpy as np
+
+  from unclip_jax.models.clip_encoder import ClipEmbedder
+
+  config = clip_model.CLIPConfig.from_dict(dict(model_config("clip", "tiny").to_dict(), dtype="bfloat16"))
+  params = jax.tree.map(np.asarray, clip_model.init_params(config, jax.random.key(0)))
+  embedder = ClipEmbedder(config, params, 2)
+  leaves = jax.tree_util.tree_flatten_with_path(embedder._params)[0]  # noqa: SLF001
+  assert {str(x.dtype) for p, x in leaves if p[-1].key == "kernel"} == {"bfloat16"}
+  assert {str(x.dtype) for p, x in leaves if p[-1].key != "kernel"} == {"float32"}
+  reference = ClipEmbedder(config, params, 2)
+  reference._params = params  # noqa: SLF001 - the float32 kernels, cast by the layers instead
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (2, config.image_size, config.image_size, 3), dtype=np.uint8)
+  tokens = rng.integers(1, 100, (2, config.context_length), dtype=np.int32)
+  a, b = embedder(pixels, tokens), reference(pixels, tokens)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unclip_jax.models import clip as clip_model
+from unclip_jax.models.layers import inference_weights
 
 
 def text_mask(tokens):
@@ -136,7 +137,7 @@ class ClipEmbedder:
     self.batch_size = -(-batch_size // len(devices)) * len(devices)
     mesh = Mesh(np.array(devices), ("data",))
     self._data = NamedSharding(mesh, P("data"))
-    self._params = jax.device_put(params, NamedSharding(mesh, P()))
+    self._params = jax.device_put(inference_weights(params, config.dtype), NamedSharding(mesh, P()))
     clip = clip_model.CLIP(config)
     encode_image, encode_text = image_encoder(clip, config), text_encoder(clip)
 

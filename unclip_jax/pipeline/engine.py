@@ -15,7 +15,6 @@ import os
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -23,6 +22,7 @@ from unclip_jax import diffusion as D
 from unclip_jax.errors import UserError
 from unclip_jax.models import clip as clip_model
 from unclip_jax.models import clip_encoder, registry
+from unclip_jax.models.layers import inference_weights
 from unclip_jax.models.tokenizer import Tokenizer
 from unclip_jax.pipeline import programs
 from unclip_jax.pipeline.folder import STAGE_KINDS, load_stage_tree, read_pipeline
@@ -41,31 +41,13 @@ class Component(NamedTuple):
   params: Any
 
 
-def inference_weights(tree, dtype: str | None):
-  """A stage's weights as sampling reads them. With a compute dtype narrower than float32, every `kernel`
-  (the convolutions' and dense layers' weights, which the layers multiply in the compute dtype anyway) is
-  stored in that dtype; norms, biases, embeddings and the prior's statistics stay float32. Cast once here,
-  the kernels take half the memory, and no cast is left inside the sampling loops, where XLA's GPU backend
-  repeats it every step (the prior's were 42 of its 250 ms in the Karlo pipeline's trace on an H200)."""
-  if dtype is None or jnp.dtype(dtype).itemsize >= 4:
-    return tree
-
-  def cast(path, x):
-    last = path[-1]
-    name = getattr(last, "key", getattr(last, "name", None))
-    if name == "kernel" and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize > jnp.dtype(dtype).itemsize:
-      return jnp.asarray(x, dtype)
-    return x
-  return jax.tree_util.tree_map_with_path(cast, tree)
-
-
 class Pipeline:
   """Models, parameters on device, default settings and compiled programs of one pipeline.
 
   Methods take host arrays with any batch size B and return host arrays of B rows (see ShardedRunner).
   The attributes holding modules and weights (`prior`, `prior_vars`, `decoder`, `decoder_params`,
   `image_size`, `srs`) are read when a program is built, so tests may swap in other weights. With a
-  `dtype` such as bfloat16 the kernels are held in it (`inference_weights`).
+  `dtype` such as bfloat16 the kernels are held in it (`layers.inference_weights`).
   """
 
   def __init__(self, components: dict[str, Component], sampling: dict[str, StageSampling], *, name: str = "",
