@@ -170,3 +170,16 @@ def test_profile_cli_on_a_sampling_call(pipe_dir, tmp_path):
   assert report["program"] == "sample" and report["wall_ms_per_call"] > 0
   assert ms["convolution"] > 0 and ms["convolution: weights"] == 0.0  # sampling computes no gradients
   assert not any(r["op"].startswith("while") for r in report["top_ops"])  # the scans' bodies are counted
+
+
+def test_profile_sampling_on_random_weights_of_a_preset(tmp_path):
+  out = tmp_path / "random.json"
+  assert profile.main(["--program", "sample", "--random", "tiny", "--batch", "2", "--steps", "1", "--top", "2",
+                       "--json", str(out)]) == 0
+  report = json.loads(out.read_text())
+  assert report["checkpoint"] == "random:tiny" and report["settings"]["decoder"]["steps"] == "4"
+  assert {r["kind"]: r["ms_per_step"] for r in report["kinds"]}["convolution"] > 0
+  with pytest.raises(UserError, match="--random"):
+    profile.main(["--program", "sample", "--random", "tiny", "--checkpoint", str(tmp_path)])
+  with pytest.raises(UserError, match="--random"):
+    profile.main(["--random", "karlo"])

@@ -1,7 +1,7 @@
 """`python -m unclip_jax.bench profile`: where a train step or a sampling call spends its time, by kind of work.
 
     python -m unclip_jax.bench profile [--preset cpu|tiny|karlo] [--stage decoder] [--steps 3] [--top 12]
-    python -m unclip_jax.bench profile --program sample [--checkpoint DIR] [--batch 4]
+    python -m unclip_jax.bench profile --program sample [--checkpoint DIR | --random karlo] [--batch 4]
 
 `--program train` (the default) runs the train step that `bench mfu` times (the trainer's pmapped step on
 random weights, all local devices); `--program sample` runs what `python -m unclip_jax.sample` runs, text to
@@ -327,16 +327,22 @@ def run(preset: str, stage: str, steps: int, batch: int | None, top: int, log=pr
           "wall_ms_per_step": 1000 * wall, **result}
 
 
-def run_sample(checkpoint: str | None, batch: int, calls: int, top: int, log=print) -> dict:
-  """Text → images on a pipeline folder (the packaged demo by default), `batch` prompts per call, with the
+def run_sample(checkpoint: str | None, batch: int, calls: int, top: int, log=print, random: str | None = None) -> dict:
+  """Text → images on a pipeline folder (the packaged demo by default), or on random weights of a preset
+  (`random`: "karlo" for Karlo's sizes, in bfloat16 on an accelerator), `batch` prompts per call, with the
   pipeline's own sampling settings, profiled over `calls` calls after one that compiles."""
   import jax
 
   from unclip_jax.pipeline import Pipeline
   from unclip_jax.pipeline.folder import default_pipeline
 
-  folder = checkpoint or default_pipeline()
-  pipe = Pipeline.load(folder, log=lambda message: None)
+  if random:
+    folder = f"random:{random}"
+    dtype = "bfloat16" if jax.default_backend() != "cpu" else None
+    pipe = Pipeline.random(random, dtype=dtype, log=lambda message: None)
+  else:
+    folder = checkpoint or default_pipeline()
+    pipe = Pipeline.load(folder, log=lambda message: None)
   settings = pipe.settings()
   prompts = ["a red circle above a blue square"] * batch
   generate = lambda: pipe.generate(prompts, list(range(batch)), settings)  # noqa: E731
@@ -365,6 +371,8 @@ def _parse(argv):
   p.add_argument("--preset", default="cpu", choices=tuple(PRESETS), help="train: the model sizes (bench mfu's)")
   p.add_argument("--stage", default="decoder", choices=STAGES, help="train: which stage")
   p.add_argument("--checkpoint", default=None, help="sample: a pipeline folder (default: the packaged demo)")
+  p.add_argument("--random", default=None, choices=("tiny", "karlo"),
+                 help="sample: a pipeline of random weights at these sizes instead of a folder")
   p.add_argument("--steps", type=int, default=3, help="traced train steps, or sampling calls, after warm-up")
   p.add_argument("--batch", type=int, default=None,
                  help="train: the global batch (default: the preset's); sample: prompts per call (default 4)")
@@ -377,8 +385,10 @@ def main(argv) -> int:
   args = _parse(list(argv))
   if args.steps < 1 or args.top < 0 or (args.batch is not None and args.batch < 1):
     raise UserError("--steps and --batch must be positive and --top at least 0")
+  if args.random and (args.program != "sample" or args.checkpoint):
+    raise UserError("--random is for --program sample, instead of --checkpoint")
   if args.program == "sample":
-    report = run_sample(args.checkpoint, args.batch or 4, args.steps, args.top)
+    report = run_sample(args.checkpoint, args.batch or 4, args.steps, args.top, random=args.random)
   else:
     report = run(args.preset, args.stage, args.steps, args.batch, args.top)
   if args.json:
