@@ -25,10 +25,11 @@ A fusion counts as a convolution or matmul when its fused computation holds one;
 (cuDNN's convolutions, cuBLAS's matmuls). On a GPU the times are the kernels' on the device's streams (the
 host's launch events are left out); a kernel is matched to its HLO op by the op the profiler names, or, inside
 a CUDA graph (XLA's command buffers), by its own name, and a library kernel with no op of its own by its name
-(cuDNN `fprop`/`dgrad`/`wgrad`, cuBLAS `gemm`/`nvjet`); `idle` is then the time the streams ran no kernel. Times are thread time
-summed over the devices, per step (per call for sampling); with one thread per device, their sum over the
-wall time says how busy the cores were. A kind that takes a large share at low FLOPs is what stands between the step
-and the matmul peak (`bench mfu`): that is the profile the speed issue asks for where we trail PyTorch.
+(cuDNN `fprop`/`dgrad`/`wgrad`, cuBLAS `gemm`/`nvjet`); `idle` is then the time the streams ran no kernel.
+Times are thread time summed over the devices, per step (per call for sampling); with one thread per device,
+their sum over the wall time says how busy the cores were. A kind that takes a large share at low FLOPs is what
+stands between the step and the matmul peak (`bench mfu`): that is the profile the speed issue asks for where we
+trail PyTorch.
 """
 
 from __future__ import annotations
@@ -217,8 +218,8 @@ def breakdown(events: list[dict], kinds: dict[str, str], steps: int, nested: boo
 
   Only innermost op events count: a loop's event (a sampler's `lax.scan`) holds its body's ops, which count
   themselves. `nested=False` (a GPU's kernels, which do not nest, though one may start a few ns before the
-  last one's recorded end) counts every event. The time a collective spends in a rendezvous, waiting for the other devices to arrive, moves
-  from "collectives" to "waiting"."""
+  last one's recorded end) counts every event. The time a collective spends in a rendezvous, waiting for the
+  other devices to arrive, moves from "collectives" to "waiting"."""
   per_kind: collections.Counter = collections.Counter()
   per_op: collections.Counter = collections.Counter()
   for thread in _by_thread(events).values():
@@ -327,7 +328,8 @@ def run(preset: str, stage: str, steps: int, batch: int | None, top: int, log=pr
           "wall_ms_per_step": 1000 * wall, **result}
 
 
-def run_sample(checkpoint: str | None, batch: int, calls: int, top: int, log=print, random: str | None = None) -> dict:
+def run_sample(checkpoint: str | None, batch: int, calls: int, top: int, log=print,
+               random: str | None = None) -> dict:
   """Text → images on a pipeline folder (the packaged demo by default), or on random weights of a preset
   (`random`: "karlo" for Karlo's sizes, in bfloat16 on an accelerator), `batch` prompts per call, with the
   pipeline's own sampling settings, profiled over `calls` calls after one that compiles."""

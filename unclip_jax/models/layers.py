@@ -88,10 +88,11 @@ def inference_weights(tree, dtype: str | None):
   if dtype is None or jnp.dtype(dtype).itemsize >= 4:
     return tree
 
+  narrow = jnp.dtype(dtype)
+
   def cast(path, x):
-    last = path[-1]
-    name = getattr(last, "key", getattr(last, "name", None))
-    if name == "kernel" and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize > jnp.dtype(dtype).itemsize:
-      return jnp.asarray(x, dtype)
+    name = getattr(path[-1], "key", getattr(path[-1], "name", None))
+    if name == "kernel" and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize > narrow.itemsize:
+      return jnp.asarray(x, narrow)
     return x
   return jax.tree_util.tree_map_with_path(cast, tree)
