@@ -281,9 +281,10 @@ def _traced(fn, calls: int, kinds: dict[str, str]) -> tuple[dict, float]:
       for _ in range(calls):
         fn()
       wall = (time.perf_counter() - start) / calls
-    host = trace_events(folder)
-    events, kinds = device_events(host, kinds)
-    result = breakdown(events, kinds, calls, nested=events is host)
+    traced = trace_events(folder)
+    events, kinds = device_events(traced, kinds)
+    on_device = events is not traced  # a GPU's kernels, which do not nest; a CPU trace comes back as it was
+    result = breakdown(events, kinds, calls, nested=not on_device)
     result["idle"] = idle_between_ops(events, kinds, calls)
   if not result["thread_ms_per_step"]:
     raise UserError("the trace holds no events of the compiled program's ops (this jax's profiler does not "
