@@ -22,6 +22,27 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+  """Spread the tests marked `slow` (over ~20 s on a 2-core CPU) over the xdist workers, each at the head
+  of its share. The work-stealing scheduler (setup.cfg) hands worker i the i-th contiguous share of the
+  collection and lets an idle worker steal the tail of a busy one's queue; in file order the slowest tests
+  (multi-process training, the demo) sat at the end, and one worker ran them alone while the other idled.
+  The order is the same in every worker, as xdist requires; without xdist nothing moves."""
+  workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+  if workers < 2:
+    return
+  slow = [item for item in items if item.get_closest_marker("slow") is not None]
+  fast = [item for item in items if item.get_closest_marker("slow") is None]
+  order, left = [], len(items)
+  for i in range(workers):  # the scheduler's own split: len(pending) // workers left to serve
+    size = left // (workers - i)
+    head = slow[i::workers]
+    order += head + fast[:size - len(head)]
+    fast = fast[max(0, size - len(head)):]
+    left -= size
+  items[:] = order + fast
+
+
 @pytest.fixture(scope="session")
 def pipe_dir(tmp_path_factory):
   """A tiny random-weight pipeline folder, written once per test process (CLI and pipeline tests share it,

@@ -22,6 +22,7 @@ def _check_rows(rows, names):
     assert r["peer_mode"].startswith("torch ") and " eager" in r["peer_mode"] and r["parameters"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.peers
 def test_peers_cli_writes_the_table_and_json(tmp_path, capsys):
   require("diffusers")
@@ -40,6 +41,7 @@ def test_peers_cli_writes_the_table_and_json(tmp_path, capsys):
   assert all(n in table for n in names) and "ratio" in table
 
 
+@pytest.mark.slow
 @pytest.mark.peers
 def test_isolate_runs_each_row_in_its_own_process(tmp_path, capsys):
   require("diffusers")

@@ -70,6 +70,7 @@ def test_text_to_image_writes_pngs_sidecars_grid_and_reproduces(pipe_dir, tmp_pa
   assert np.abs(png(tmp_path / "odd" / "odd.png").astype(int) - imgs[3]).max() <= 1
 
 
+@pytest.mark.slow
 def test_decoder_candidates_from_the_flag_or_pipeline_json_are_recorded_and_reproduced(pipe_dir, tmp_path, capsys):
   """--decoder-candidates (CLIP reranking) overrides pipeline.json's decoder `candidates`; the sidecar records
   the count and replays the same image; candidate 0 is the image drawn without reranking, so a prompt whose
@@ -119,6 +120,7 @@ def test_variations(pipe_dir, images, tmp_path, capsys):
   assert (out / "grid.png").is_file()
 
 
+@pytest.mark.slow
 def test_interpolate_endpoints_decode_from_endpoint_embeddings(pipe_dir, images, tmp_path, capsys, monkeypatch):
   from unclip_jax.zeroshot import load_image
 

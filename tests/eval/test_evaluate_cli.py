@@ -51,6 +51,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, args, words, monkeypatch)
   assert code == 2 and err.startswith("error: ") and "no --checkpoint given" in err
 
 
+@pytest.mark.slow
 def test_every_suite_end_to_end(pipe, tmp_path, capsys, monkeypatch):
   out, cache = tmp_path / "out", tmp_path / "cache"
   argv = ["--checkpoint", pipe, "--suite", "all", "--num", 2, "--seed", 3, "--out", out, "--cache", cache,

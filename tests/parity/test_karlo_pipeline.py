@@ -180,6 +180,7 @@ def _sharded(folder, state, kind):
   (folder / f"{base}.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["bin", "fp16", "sharded"])
 def test_other_weight_layouts_convert_to_the_same_parameters(folders, tmp_path, layout):
   write = {"bin": _bin, "fp16": _fp16, "sharded": _sharded}[layout]

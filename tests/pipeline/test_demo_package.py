@@ -7,6 +7,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 
 from unclip_jax.data.shapes import COLORS
 from unclip_jax.pipeline import Pipeline, default_pipeline, read_pipeline
@@ -37,6 +38,7 @@ def _foreground_colour(image: np.ndarray) -> str:
   return names[int(np.argmin(np.linalg.norm(palette - fg.mean(axis=0), axis=1)))]
 
 
+@pytest.mark.slow
 def test_the_packaged_demo_draws_the_asked_colour():
   pipe = Pipeline.load(default_pipeline())
   colours = ["red", "blue", "green", "yellow"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from unclip_jax import images as image_io
 from unclip_jax import pipeline as P
@@ -32,6 +33,7 @@ def test_last_upsampler_step_uses_the_last_model():
   assert jax.tree.structure(first) == jax.tree.structure(last)
 
 
+@pytest.mark.slow
 def test_one_program_per_call_equals_the_stages_run_one_by_one(pipe_dir):
   """generate() compiles text encoder, prior, decoder and upsampler into one program, reused per batch,
   and draws what the stage programs draw when run one after another on the same keys."""
@@ -57,6 +59,7 @@ def test_one_program_per_call_equals_the_stages_run_one_by_one(pipe_dir):
   assert np.abs(r["images"].astype(int) - big).max() <= 1
 
 
+@pytest.mark.slow
 def test_decoder_candidates_keep_the_one_clip_rates_nearest_the_caption(pipe_dir):
   """CLIP reranking: with decoder candidates K, each image is drawn K times (candidate 0 is the image drawn
   without candidates) and the one whose CLIP image embedding has the largest cosine with the caption's text
@@ -97,6 +100,7 @@ def test_decoder_candidates_keep_the_one_clip_rates_nearest_the_caption(pipe_dir
   assert not np.allclose(best["small"], one["small"], atol=1e-3)  # some image changed: the test can fail
 
 
+@pytest.mark.slow
 def test_one_image_spreads_its_decoder_candidates_over_the_devices(pipe_dir):
   """A single image with decoder candidates runs on every device, its candidates divided among them, and
   draws what it draws in a batch (one row per device there, nothing spread)."""
@@ -129,6 +133,7 @@ def test_decoder_candidates_without_an_image_tower_or_for_an_upsampler_are_one_e
     pipe.generate(["a red square"], [0], pipe.settings({"decoder": {"candidates": 2}}))
 
 
+@pytest.mark.slow
 def test_a_bfloat16_pipeline_holds_its_kernels_in_bfloat16_and_draws_what_float32_kernels_draw():
   import dataclasses
 

@@ -72,6 +72,7 @@ def test_init_random_refuses_a_non_empty_folder(tmp_path, capsys):
   assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["keep.txt"]
 
 
+@pytest.mark.slow
 def test_pack_ships_sampling_weights_in_float16_with_settings_and_meta(pipe_dir, tmp_path, capsys):
   """pack: each stage's sampling weights stored as float16 (about half the bytes), the settings given,
   the meta fields; the packed pipeline samples like the source (float16 rounding aside)."""
@@ -104,6 +105,7 @@ def test_pack_ships_sampling_weights_in_float16_with_settings_and_meta(pipe_dir,
   assert e.value.code == 2 and "not empty" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_pack_reuse_unchanged_keeps_the_files_of_identical_stages_only(pipe_dir, tmp_path, capsys):
   """A re-pack of unchanged weights with --reuse-unchanged leaves every weight file as it was (orbax
   names files at random, so plain re-packs change them all); a stage whose weights changed gets new files;

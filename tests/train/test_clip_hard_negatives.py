@@ -37,6 +37,7 @@ def test_the_transform_adds_a_negative_caption_where_there_is_one():
   assert set(plain.batch_spec(4)) == {"image", "tokens"} and len(plain.operations()) == len(stage.operations()) - 1
 
 
+@pytest.mark.slow
 def test_a_run_with_hard_negatives_trains_and_resumes_exactly(data_dir, tmp_path):
   config = lambda: tiny_clip_config(data_dir, **{"train.hard_negatives": KINDS})  # noqa: E731
   straight = loop.train(config(), tmp_path / "straight", progress=False)
@@ -92,6 +93,7 @@ def test_the_mirror_swaps_the_objects_sides_along_the_relations_axis_only():
   assert np.array_equal(unchanged, images.astype(np.float32))
 
 
+@pytest.mark.slow
 def test_image_hard_negatives_add_the_mirror_flag_and_a_trained_loss_term(data_dir, tmp_path):
   kw = {"train.hard_negatives": "relation", "train.image_hard_negatives": True}
   stage = get_stage(tiny_clip_config(("unused", "unused"), **kw))

@@ -11,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 import optax
 from flax import jax_utils
 
@@ -90,6 +91,7 @@ def _accuracy(classifier, images, truth):
   return float(np.mean(classifier.predict(images).argmax(-1) == np.asarray(truth)))
 
 
+@pytest.mark.slow
 def test_tiny_clip_learns_toy_zero_shot():
   start = time.perf_counter()
   params, losses = _train()

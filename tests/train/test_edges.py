@@ -34,6 +34,7 @@ def _on_call(monkeypatch, n, action):
   monkeypatch.setattr(loop, "make_train_step", patched)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_current_step_and_a_second_one_aborts(data_dir, tmp_path, monkeypatch):
   before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
   _on_call(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGINT))
@@ -51,6 +52,7 @@ def test_ctrl_c_saves_the_current_step_and_a_second_one_aborts(data_dir, tmp_pat
   assert signal.getsignal(signal.SIGINT) is before  # handlers restored
 
 
+@pytest.mark.slow
 def test_a_resumed_run_logs_each_step_once(data_dir, tmp_path, monkeypatch):
   straight = loop.train(tiny_clip_config(data_dir), tmp_path / "straight", progress=False)
 
@@ -75,6 +77,7 @@ def _damage_largest_file(step_dir):
   files[-1].write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_path, capsys):
   straight = loop.train(tiny_clip_config(data_dir), tmp_path / "straight", progress=False)
   loop.train(tiny_clip_config(data_dir), tmp_path / "run", stop_after=4, progress=False)
@@ -133,6 +136,7 @@ def test_importance_sampling_draws_timesteps_by_their_loss_history():
     _stage("configs/prior.py:tiny", **{"diffusion.timestep_sampler": "lossy"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["configs/prior.py:tiny", "configs/decoder.py:tiny", "configs/upsampler.py:tiny"])
 def test_bf16_remat_train_step_is_finite_and_close_to_float32(spec):
   """One pmapped train step of each tiny diffusion stage on random data (8 devices): bfloat16 compute

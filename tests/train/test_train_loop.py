@@ -19,6 +19,7 @@ CONFIG = CLIP_CONFIG
 tiny_config = tiny_clip_config
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_path, capfd, caplog):
   straight = loop.train(tiny_config(data_dir), tmp_path / "straight", progress=False)
   first = loop.train(tiny_config(data_dir), tmp_path / "resumed", stop_after=3, progress=False)
@@ -177,6 +178,7 @@ def test_resuming_with_another_step_count_warns_that_the_schedule_moves(data_dir
   assert "started with train.steps=6 and resumes with 4" in out and "--config.train.steps=6" in out, out
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_new_run_from_an_exported_stage(data_dir, tmp_path, capsys):
   """`train.init_from` loads a stage checkpoint's EMA weights in place of the random init (fine-tuning): at a
   zero learning rate (the first warmup step) the new run exports exactly those weights. A resumed run keeps

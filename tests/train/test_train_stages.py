@@ -65,6 +65,7 @@ def test_prior_stage(data, tmp_path):
   np.testing.assert_allclose(tuned["ema"]["stats"]["clip_mean"], stats_mean + 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_decoder_stage_with_sample_grid(data, tmp_path, monkeypatch):
   from unclip_jax.train.metrics import MetricsWriter
 
@@ -81,6 +82,7 @@ def test_decoder_stage_with_sample_grid(data, tmp_path, monkeypatch):
   assert logged_images == [("samples", grid.shape, 2)]  # the same grid, to TensorBoard
 
 
+@pytest.mark.slow
 def test_upsampler_stage(data, tmp_path):
   root, _ = data
   shapes64 = prepare.prepare_shapes(str(root / "data"), image_size=64, train_size=16, heldout_size=4)

@@ -45,6 +45,7 @@ def test_sharded_adamw_equals_optax_adamw_with_clipping():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_with_sharded_optimizer_follows_the_replicated_run(data_dir, tmp_path):
   replicated = loop.train(tiny_config(data_dir, **{"train.steps": 4}), tmp_path / "rep", progress=False)
   sharded = loop.train(tiny_config(data_dir, **{"train.steps": 4, "train.shard_optimizer": True}), tmp_path / "zero",
