@@ -180,7 +180,10 @@ def _settings_record(settings) -> dict:
 # --------------------------------------------------------------------------------------------- modes
 
 
-_CACHE: dict = {}  # in-process reuse of a loaded pipeline and its compiled programs (tests, notebooks)
+# In-process reuse of a loaded pipeline and its compiled programs (tests, notebooks), with what loading it
+# said (such as "no EMA weights"): a reused pipeline says it again, so a run's messages do not depend on
+# what ran before it in the same process.
+_CACHE: dict = {}
 
 
 def _load(args, log):
@@ -188,13 +191,21 @@ def _load(args, log):
   folder = Path(args.checkpoint).absolute()
   key = (str(folder), (folder / PIPELINE_FILE).stat().st_mtime_ns, bool(args.ema), args.dtype)
   if key in _CACHE:
-    pipe = _CACHE[key]
+    pipe, said = _CACHE[key]
     pipe.log, pipe.timings = log, []
+    for message in said:
+      log(message)
     return pipe
-  start = time.perf_counter()
-  pipe = Pipeline.load(args.checkpoint, ema=args.ema, dtype=args.dtype, log=log)
+  start, said = time.perf_counter(), []
+
+  def log_and_keep(message: str) -> None:
+    said.append(message)
+    log(message)
+
+  pipe = Pipeline.load(args.checkpoint, ema=args.ema, dtype=args.dtype, log=log_and_keep)
+  pipe.log = log
   _CACHE.clear()
-  _CACHE[key] = pipe
+  _CACHE[key] = (pipe, said)
   log(f"loaded {args.checkpoint} in {time.perf_counter() - start:.1f}s "
       f"({pipe.n_devices} device(s), output {pipe.output_size}px)")
   return pipe

@@ -58,6 +58,7 @@ def test_text_to_image_writes_pngs_sidecars_grid_and_reproduces(pipe_dir, tmp_pa
   again = tmp_path / "again"
   code, _, err = cli(["--from-sidecar", out / "0003.json", "--out", again], capsys)
   assert code == 0, err
+  assert "no EMA weights" in err  # the in-process cache's pipeline says what its loading said
   np.testing.assert_array_equal(png(again / "0003.png"), imgs[3])
   assert not np.array_equal(imgs[2], imgs[3])
 
@@ -102,7 +103,7 @@ def test_decoder_candidates_from_the_flag_or_pipeline_json_are_recorded_and_repr
 
 
 def test_same_seed_same_image_different_seed_different(pipe_dir):
-  pipe = sample._CACHE and next(iter(sample._CACHE.values())) or P.Pipeline.load(pipe_dir, log=lambda m: None)
+  pipe = sample._CACHE and next(iter(sample._CACHE.values()))[0] or P.Pipeline.load(pipe_dir, log=lambda m: None)
   r = pipe.generate(["a cat", "a cat", "a cat"], [5, 5, 6], pipe.settings())
   assert r["images"].dtype == np.uint8 and r["images"].shape == (3, 64, 64, 3)
   np.testing.assert_array_equal(r["images"][0], r["images"][1])
@@ -125,7 +126,7 @@ def test_interpolate_endpoints_decode_from_endpoint_embeddings(pipe_dir, images,
   from unclip_jax.zeroshot import load_image
 
   cli(["variations", images / "a.png", "--num", 1, "--checkpoint", pipe_dir, "--out", tmp_path / "warm"], capsys)
-  pipe = next(iter(sample._CACHE.values()))
+  pipe = next(iter(sample._CACHE.values()))[0]
   seen = []
   decode = pipe.decode_embeddings
   monkeypatch.setattr(pipe, "decode_embeddings",
@@ -219,7 +220,7 @@ def test_textdiff_and_interpolate_invert_decode_from_the_images_ddim_latents(pip
   from unclip_jax.zeroshot import load_image
 
   cli(["variations", images / "a.png", "--num", 1, "--checkpoint", pipe_dir, "--out", tmp_path / "warm"], capsys)
-  pipe = next(iter(sample._CACHE.values()))
+  pipe = next(iter(sample._CACHE.values()))[0]
   seen = []
   decode = pipe.decode_embeddings
   monkeypatch.setattr(pipe, "decode_embeddings", lambda emb, seeds, settings, **k: (
