@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.parity import karlo_folders
+from tests.peers import require
 from unclip_jax import checkpoint
 from unclip_jax.convert.__main__ import main as convert_main
 from unclip_jax.errors import UserError
@@ -25,9 +26,8 @@ pytestmark = pytest.mark.peers
 @pytest.fixture(scope="module")
 def karlo(tmp_path_factory):
   """A Karlo-layout folder of tiny random diffusers models (written by UnCLIPPipeline.save_pretrained), and the
-  torch models themselves."""
-  import torch
-
+  torch models themselves. Without the peers the module skips (fails under UNCLIP_JAX_REQUIRE_PEERS=1)."""
+  torch = require("torch")
   f = karlo_folders.build(tmp_path_factory.mktemp("karlo"))
   pipe = f["pipe"]
   models = {name: getattr(pipe, name) for name in ("prior", "text_proj", "decoder", "super_res_first",
