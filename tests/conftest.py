@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
   """Spread the tests marked `slow` (over ~20 s on a 2-core CPU) over the xdist workers, each at the head
   of its share. The work-stealing scheduler (setup.cfg) hands worker i the i-th contiguous share of the
   collection and lets an idle worker steal the tail of a busy one's queue; in file order the slowest tests
-  (multi-process training, the demo) sat at the end, and one worker ran them alone while the other idled.
+  (multi-process training) sat at the end, where one worker could be left running them alone.
   The order is the same in every worker, as xdist requires; without xdist nothing moves."""
   workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
   if workers < 2:

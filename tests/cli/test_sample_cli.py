@@ -28,6 +28,11 @@ def cli(argv, capsys):
   return e.value.code, out.out, out.err
 
 
+def cached_pipeline():
+  """The pipeline `sample` keeps in this process (its in-process cache), or None before the first run."""
+  return next((pipe for pipe, _ in sample._CACHE.values()), None)
+
+
 def png(path: Path) -> np.ndarray:
   with Image.open(path) as im:
     assert im.format == "PNG"
@@ -103,7 +108,7 @@ def test_decoder_candidates_from_the_flag_or_pipeline_json_are_recorded_and_repr
 
 
 def test_same_seed_same_image_different_seed_different(pipe_dir):
-  pipe = sample._CACHE and next(iter(sample._CACHE.values()))[0] or P.Pipeline.load(pipe_dir, log=lambda m: None)
+  pipe = cached_pipeline() or P.Pipeline.load(pipe_dir, log=lambda m: None)
   r = pipe.generate(["a cat", "a cat", "a cat"], [5, 5, 6], pipe.settings())
   assert r["images"].dtype == np.uint8 and r["images"].shape == (3, 64, 64, 3)
   np.testing.assert_array_equal(r["images"][0], r["images"][1])
@@ -126,7 +131,7 @@ def test_interpolate_endpoints_decode_from_endpoint_embeddings(pipe_dir, images,
   from unclip_jax.zeroshot import load_image
 
   cli(["variations", images / "a.png", "--num", 1, "--checkpoint", pipe_dir, "--out", tmp_path / "warm"], capsys)
-  pipe = next(iter(sample._CACHE.values()))[0]
+  pipe = cached_pipeline()
   seen = []
   decode = pipe.decode_embeddings
   monkeypatch.setattr(pipe, "decode_embeddings",
@@ -220,7 +225,7 @@ def test_textdiff_and_interpolate_invert_decode_from_the_images_ddim_latents(pip
   from unclip_jax.zeroshot import load_image
 
   cli(["variations", images / "a.png", "--num", 1, "--checkpoint", pipe_dir, "--out", tmp_path / "warm"], capsys)
-  pipe = next(iter(sample._CACHE.values()))[0]
+  pipe = cached_pipeline()
   seen = []
   decode = pipe.decode_embeddings
   monkeypatch.setattr(pipe, "decode_embeddings", lambda emb, seeds, settings, **k: (

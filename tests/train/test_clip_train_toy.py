@@ -11,8 +11,8 @@ import time
 
 import jax
 import numpy as np
-import pytest
 import optax
+import pytest
 from flax import jax_utils
 
 from unclip_jax.data import shapes
