@@ -45,7 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim = optim_config(lr=1.2e-4, warmup_steps=10_000, b2=0.999, eps=1e-8, ema_decay=0.9999)
   # Classifier-free guidance dropout: CLIP image embedding → learned embedding; caption → empty caption.
   config.train = train = train_config(2048, 800_000 if name == "paper" else 1_000_000, clip_emb_drop=0.1,
-                                      text_drop=0.5 if name == "paper" else 0.3, sample_every=5_000)
+                                      text_drop=0.5 if name == "paper" else 0.3, sample_every=5_000,
+                                      image_embedding_noise=0.0)  # > 0: train on noised embeddings (the stage)
   config.data = data = data_config("embedded", "", image_size=config.model.image_size)
 
   if name == "tiny":
