@@ -14,6 +14,7 @@ import numpy as np
 
 from unclip_jax import diffusion
 from unclip_jax import images as image_io
+from unclip_jax.errors import UserError
 from unclip_jax.models import unet as unet_model
 from unclip_jax.pipeline.settings import StageSampling, sample_kwargs
 from unclip_jax.train.stages.base import split_rngs
@@ -39,6 +40,10 @@ class DecoderStage(EmbeddedStage):
     super().__init__(config)
     self.build_diffusion_model()
     self.size = int(config.model.image_size)
+    self.embedding_noise = float(config.train.get("image_embedding_noise", 0.0))
+    if not self.embedding_noise >= 0:
+      raise UserError(f"train.image_embedding_noise is {self.embedding_noise}; use 0 (off) or a positive scale such "
+                      "as 0.3 (noise of 0.3 times each embedding's RMS)")
 
   def init_params(self, rng):
     return unet_model.init_decoder(self.model, rng, image_size=self.size,
@@ -76,9 +81,8 @@ class DecoderStage(EmbeddedStage):
   def loss(self, params, extra, batch, rng):
     keys = split_rngs(rng, ("text", "image", "t", "noise", "dropout"))
     cond, _ = drop_captions(keys["text"], batch, extra["null_text"], float(self.config.train.text_drop))
-    noise_scale = float(self.config.train.get("image_embedding_noise", 0.0))
     cond["image_embedding"] = noised_embeddings(jax.random.fold_in(rng, EMBEDDING_NOISE_KEY),
-                                                batch["image_embedding"], noise_scale)
+                                                batch["image_embedding"], self.embedding_noise)
     cond["image_dropped"] = jax.random.bernoulli(keys["image"], float(self.config.train.clip_emb_drop),
                                                  (batch["image_embedding"].shape[0],))
     x0 = self.images(batch["image"])
