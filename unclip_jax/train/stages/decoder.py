@@ -21,7 +21,9 @@ from unclip_jax.train.stages.base import split_rngs
 from unclip_jax.train.stages.embedded import TEXT_KEYS, EmbeddedStage, drop_captions
 
 SAMPLE_COUNT = 8
-EMBEDDING_NOISE_KEY = 0x454D  # folded into the step's key only when the noise is on: runs without it are unchanged
+# The noise's key is folded from the step's key, not split with the others (`loss`), so every other draw stays as
+# it was: runs without the noise are unchanged.
+EMBEDDING_NOISE_KEY = 0x454D
 
 
 def noised_embeddings(key: jax.Array, embeddings: jax.Array, scale: float) -> jax.Array:
