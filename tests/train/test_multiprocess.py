@@ -126,6 +126,33 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(data_dir, t
 
 
 @pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_after_the_same_step(data_dir, tmp_path):
+  """A scheduler's SIGTERM may reach the processes of a job at different steps, or only one: the stop is
+  voted on inside the step, so both save the same step together and exit cleanly (without the vote the
+  signalled process saves while the other waits in the next step's collectives until the deadline)."""
+  workdir = tmp_path / "mp"
+  procs = start(workdir, data_dir, **{"train.steps": 100_000})  # far more steps than the test waits for
+  deadline = time.monotonic() + LAUNCH_DEADLINE_S
+  metrics = workdir / "metrics.jsonl"
+  while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+    if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+      kill_all(procs)
+      pytest.fail("the run did not reach step 2: " + "".join(p.communicate()[0][-3000:] for p in procs))
+    time.sleep(0.2)
+  os.kill(procs[1].pid, signal.SIGTERM)  # its supervisor passes it to the training child
+  outputs = finish(procs, deadline)
+  assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+  stopped = [re.search(r"stopped \(resume with the same command\) at step (\d+)", out) for out in outputs]
+  assert all(stopped), outputs[0][-2000:] + outputs[1][-2000:]
+  step = int(stopped[0].group(1))
+  assert int(stopped[1].group(1)) == step >= 2
+  assert f"another process asked to stop: saving step {step}" in outputs[0]
+  assert f"SIGTERM: saving step {step}" in outputs[1]
+  assert (workdir / "checkpoints" / str(step)).is_dir()
+  assert rows(workdir)[-1]["step"] == step
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker", "coordinator"])
 def test_a_killed_peer_stops_the_survivor_and_the_rerun_resumes_exactly(data_dir, tmp_path, victim):
   """Killing process 1 (the survivor's watchdog notices), or process 0 (which hosts JAX's coordination

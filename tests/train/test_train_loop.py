@@ -87,6 +87,18 @@ def test_sigterm_saves_and_stops(data_dir, tmp_path, monkeypatch):
   assert not (tmp_path / "run" / "export").exists()
 
 
+def test_max_seconds_saves_and_stops_like_a_preemption(data_dir, tmp_path, capfd):
+  """A budget shorter than the first step (compiling included): that step is saved, nothing is exported,
+  and the line says why; a negative budget is refused before any training."""
+  result = loop.train(tiny_config(data_dir, **{"train.max_seconds": 0.001}), tmp_path / "run", progress=False)
+  assert result.stopped_early and result.final_step == 1
+  assert "train.max_seconds=0.001 reached: saving step 1 and exiting" in capfd.readouterr().out
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["1"]
+  assert not (tmp_path / "run" / "export").exists()
+  with pytest.raises(UserError, match="train.max_seconds must be 0 .no limit. or a positive number of seconds, got -5"):
+    loop.train(tiny_config(data_dir, **{"train.max_seconds": -5}), tmp_path / "other", progress=False)
+
+
 def test_one_step_in_flight_is_the_same_run_and_a_stop_finishes_the_queued_step(data_dir, tmp_path, monkeypatch):
   """GPU/TPU dispatch step k+1 before reading step k; forced on here (one device: CPU collectives must not
   overlap). SIGTERM arrives while step 3 runs, after step 4 was queued with step 3's state donated to it:

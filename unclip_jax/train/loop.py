@@ -11,6 +11,12 @@ are read (`one_step_in_flight`), so the accelerator never idles while the host l
 samples and the last step nothing is dispatched ahead, so the state saved is the state read. The step
 donates its input state (one copy of it per device, not two), so a stop that arrives while a step is in
 flight lets that step finish and saves its state: the step before it no longer exists to be saved.
+
+Stopping early (SIGTERM, Ctrl-C, `train.max_seconds`) is voted on inside the step: each process sends
+whether it wants to stop with its batch (`STOP_VOTE`), the step returns the `pmax` of the votes, and every
+process reads that same answer with the step's metrics. So in a multi-process job a signal that reaches
+one process (or reaches them at different steps) stops all of them after the same step, where they save
+one checkpoint together, instead of one saving while the others wait in the next step's collectives.
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ from unclip_jax.train.state import INIT_STREAM, SAMPLES_STREAM, TrainState, step
 from unclip_jax.train.watchdog import PeerWatchdog
 
 
+STOP_VOTE = "stop_vote"  # batch key and metric: this process asks to stop (1) or not (0); the step returns the max
+
+
 class TrainingDiverged(RuntimeError):
   """The loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
 
@@ -64,11 +73,15 @@ def make_train_step(stage, tx: optax.GradientTransformation, config, devices, la
   schedule = optim.learning_rate_schedule(config.optim, max(1, int(config.train.steps) // accum))
 
   def per_device_step(state: TrainState, batch):
+    batch = dict(batch)
+    vote = batch.pop(STOP_VOTE, None)  # the loop's stop vote, one per example row; not model input
     rng = jax.random.fold_in(step_key(seed, state.step), jax.lax.axis_index(AXIS))
     (_, metrics), grads = jax.value_and_grad(stage.loss, has_aux=True)(state.params, state.extra, batch, rng)
     timestep_losses = metrics.pop(TIMESTEP_LOSSES, None)
     metrics = jax.lax.pmean(metrics, AXIS)
     metrics["lr"] = schedule(state.step // accum)
+    if vote is not None:
+      metrics[STOP_VOTE] = jax.lax.pmax(jnp.max(vote), AXIS)  # any process asking stops every process
     if layout is not None:
       params, shard, metrics["grad_norm"] = zero.sharded_update(layout, config.optim, config.train.steps,
                                                                  state.params, grads, state.opt_state, AXIS)
@@ -96,6 +109,27 @@ def one_step_in_flight() -> bool:
 
 def _shard(batch: dict[str, np.ndarray], n_devices: int) -> dict[str, np.ndarray]:
   return {k: v.reshape((n_devices, v.shape[0] // n_devices) + v.shape[1:]) for k, v in batch.items()}
+
+
+def _with_vote(batch: dict[str, np.ndarray], stop: bool) -> dict[str, np.ndarray]:
+  """The step's input: the batch's numeric arrays and this process's stop vote, one entry per row."""
+  arrays = device_arrays(batch)
+  rows = next(iter(arrays.values())).shape[0]
+  return {**arrays, STOP_VOTE: np.full((rows,), float(stop), np.float32)}
+
+
+class _Deadline:
+  """`train.max_seconds` of wall time for this invocation (0: none): once it has passed, this process
+  votes to stop, so the run saves and ends as a preemption would, and the same command resumes it."""
+
+  def __init__(self, max_seconds: float):
+    if not max_seconds >= 0:
+      raise UserError(f"train.max_seconds must be 0 (no limit) or a positive number of seconds, got {max_seconds}")
+    self.max_seconds = max_seconds
+    self.end = time.monotonic() + max_seconds if max_seconds else None
+
+  def passed(self) -> bool:
+    return self.end is not None and time.monotonic() >= self.end
 
 
 class _Preemption:
@@ -218,6 +252,7 @@ def _train(config, workdir: Path, stop_after: int | None, progress: bool, dog: P
   n_proc = jax.process_count()
   n_dev = len(devices) // n_proc  # devices this process feeds
   total_steps, global_batch = int(config.train.steps), int(config.train.batch_size)
+  deadline = _Deadline(float(config.train.get("max_seconds", 0) or 0))
   if total_steps < 1:
     raise UserError(f"train.steps must be positive, got {total_steps}")
   if global_batch % (n_dev * n_proc):
@@ -282,10 +317,19 @@ def _train(config, workdir: Path, stop_after: int | None, progress: bool, dog: P
   window_start, window_steps = None, 0  # steps/s over the last logging window, compilation excluded
   in_flight = one_step_in_flight()
   queued = None  # the step dispatched ahead (its input state donated to it)
+  voted_stop = False  # a step's metrics said some process asked to stop: the same answer in every process
+
+  def wants_stop() -> str | None:  # this process's reason to stop, if any
+    if preemption.requested:
+      return preemption.requested
+    return f"train.max_seconds={deadline.max_seconds:g} reached" if deadline.passed() else None
+
+  def stopping() -> bool:  # alone, this process's wish decides at once; in a job, only the step's vote does
+    return voted_stop or (n_proc == 1 and wants_stop() is not None)
 
   def dispatch_ahead(k: int) -> bool:  # may step k+1 start before step k is read? Not where step k's state is used.
     return (in_flight and k < total_steps and k % ckpt_every != 0 and not (sample_every and k % sample_every == 0)
-            and not (stop_after is not None and k - start >= stop_after) and not preemption.requested)
+            and not (stop_after is not None and k - start >= stop_after) and not stopping())
 
   with _Preemption() as preemption:
     try:
@@ -298,12 +342,13 @@ def _train(config, workdir: Path, stop_after: int | None, progress: bool, dog: P
           if sample_batch is None:
             stage.check_example({k: v[0] for k, v in host.items()})
             sample_batch = host
-          queued = p_step(state, _shard(device_arrays(host), n_dev))
+          queued = p_step(state, _shard(_with_vote(host, wants_stop() is not None), n_dev))
         (state, metrics), queued = queued, None
         step += 1
         if dispatch_ahead(step):
-          queued = p_step(state, _shard(device_arrays(next(iterator)), n_dev))
+          queued = p_step(state, _shard(_with_vote(next(iterator), wants_stop() is not None), n_dev))
         metrics = {k: float(host_value(v)) for k, v in metrics.items()}
+        voted_stop = voted_stop or metrics.pop(STOP_VOTE) > 0
         if dog is not None:
           dog.progress(step)
         if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
@@ -329,9 +374,10 @@ def _train(config, workdir: Path, stop_after: int | None, progress: bool, dog: P
           params_now = sampling_params(state, layout)  # every process: sharded EMA slices are gathered
           if jax.process_index() == 0:
             _write_samples(stage, state, params_now, sample_batch, workdir, step, int(config.seed), writer)
-        if preemption.requested and queued is None:  # a step in flight is finished (and read) first
+        if stopping() and queued is None:  # a step in flight is finished (and read) first
           stopped_early = True
-          print(f"\n{preemption.requested}: saving step {step} and exiting", flush=True)
+          why = wants_stop() or "another process asked to stop"
+          print(f"\n{why}: saving step {step} and exiting", flush=True)
           break
       if step != last_saved:
         checkpoints.save(step, _savable(state, replicated, opt_split, len(devices)), iterator.get_state())

@@ -26,6 +26,7 @@ def train_config(batch_size: int, steps: int, **stage_fields) -> ml_collections.
   c.log_every = 100                # metrics.jsonl / TensorBoard rows
   c.checkpoint_every = 5_000
   c.keep_checkpoints = 3
+  c.max_seconds = 0.0              # wall time of one invocation: then save and stop (resume: same command); 0 = none
   c.sample_every = 0               # image grids in WORKDIR/samples (stages that draw images); 0 = never
   c.num_devices = 0                # local devices to use; 0 = all
   c.shard_optimizer = False        # split Adam moments + EMA over the devices (ZeRO-2, unclip_jax.train.zero)
