@@ -127,7 +127,7 @@ def test_train_demo_embeds_the_sets_it_prepares_under_the_names_the_prior_and_de
     if c[:3] == ["-m", "unclip_jax.data.prepare", "shapes"]:
       args = prepare._parse(c[2:])
       config = prepare.shapes_config(args.image_size, args.train_size, args.heldout_size, args.seed, args.negation,
-                                     args.unnamed)
+                                     args.unnamed, args.unnamed_kinds)
       built.add(config if isinstance(config, str) else config.name)
   embeds = {_option(c, "--name"): _option(c, "--dataset_config")
             for c in commands if c[:2] == ["-m", "unclip_jax.embed"]}

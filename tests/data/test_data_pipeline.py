@@ -123,6 +123,14 @@ def test_default_shapes_sizes_use_the_registered_configs(tmp_path):
   # two shares never share a folder: a rounded percent would give 0.5 and 0.504 the same name
   assert prepare.shapes_config(32, 100, 10, unnamed=0.504).name == "32_n100_h10_s0_u50p4"
   assert prepare.shapes_config(32, 100, 10, unnamed=0.004).name == "32_n100_h10_s0_u0p4"
+  limited = prepare.shapes_config(32, 100, 10, unnamed=0.5, unnamed_kinds="count, single")
+  assert limited.name == "32_n100_h10_s0_u50_single-count" and limited.unnamed_kinds == ("single", "count")
+  every = prepare.shapes_config(32, 100, 10, unnamed=0.5, unnamed_kinds="single,count,pair,relation")
+  assert every.name == "32_n100_h10_s0_u50" and every.unnamed_kinds is None  # the same set, so the same folder
+  with pytest.raises(UserError, match="--unnamed_kinds must name some of single, count, pair, relation"):
+    prepare.shapes_config(32, 100, 10, unnamed=0.5, unnamed_kinds="single,negation")
+  with pytest.raises(UserError, match="--unnamed_kinds needs --unnamed"):
+    prepare.shapes_config(32, 100, 10, unnamed_kinds="single")
 
 
 def test_unnamed_colours_reach_the_train_split_only(tmp_path):

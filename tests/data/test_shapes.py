@@ -145,3 +145,21 @@ def test_unnamed_colours_keep_the_held_out_pairs_held_out():
     shapes.ShapesScenes(32, "heldout", unnamed=0.5)
   with pytest.raises(ValueError, match=r"in \[0, 1\)"):
     shapes.ShapesScenes(32, "train", unnamed=1.0)
+
+
+def test_unnamed_kinds_keep_two_object_captions_naming_their_colours():
+  """Limited to single and count scenes, the unnamed share never reaches a pair or relation scene, and every scene
+  the unlimited set names is drawn the same (the kind test follows the same random draw)."""
+  everywhere = shapes.ShapesScenes(32, "train", seed=3, unnamed=0.5)
+  limited = shapes.ShapesScenes(32, "train", seed=3, unnamed=0.5, unnamed_kinds=("single", "count"))
+  kinds = {"single": [0, 0], "count": [0, 0], "pair": [0, 0], "relation": [0, 0]}
+  for i in range(200):
+    image, caption, spec = limited[i]
+    kinds[spec["kind"]][spec["objects"][0]["color"] is None] += 1
+    reference_image, reference_caption, reference_spec = everywhere[i]
+    if reference_spec["objects"][0]["color"] is not None or spec["kind"] in ("single", "count"):
+      assert caption == reference_caption and np.array_equal(image, reference_image)
+  assert kinds["pair"][1] == kinds["relation"][1] == 0 and kinds["pair"][0] and kinds["relation"][0]
+  assert all(named and unnamed for named, unnamed in (kinds["single"], kinds["count"])), kinds
+  with pytest.raises(ValueError, match="unnamed_kinds must be a non-empty subset"):
+    shapes.ShapesScenes(32, "train", unnamed=0.5, unnamed_kinds=("negation",))

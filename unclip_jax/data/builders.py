@@ -40,6 +40,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
   seed: int = 0
   kinds: tuple[str, ...] = shapes_lib.KINDS  # shapes_lib.ALL_KINDS adds "a red circle and no squares"
   unnamed: float = 0.0  # share of train scenes in random colours with colour-free captions (shapes_lib)
+  unnamed_kinds: tuple[str, ...] | None = None  # the kinds that share applies to (None: every kind)
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
@@ -82,7 +83,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, count: int):
     c = self.builder_config
     scenes = shapes_lib.ShapesScenes(image_size=c.image_size, split=split, seed=c.seed, kinds=c.kinds,
-                                     unnamed=c.unnamed if split == "train" else 0.0)
+                                     unnamed=c.unnamed if split == "train" else 0.0, unnamed_kinds=c.unnamed_kinds)
     for i in range(count):
       image, caption, spec = scenes[i]
       yield f"{split}_{i}", {"image": png_bytes(image), "caption": caption, "spec": json.dumps(spec)}

@@ -36,6 +36,9 @@ def _parse(argv):
                  help="shapes: also draw negated captions (\"a red circle and no squares\"), config SIZE_negation")
   p.add_argument("--unnamed", type=float, default=0.0,
                  help="shapes: share of train scenes in random colours with colour-free captions (0 to 0.99)")
+  p.add_argument("--unnamed_kinds", default=None,
+                 help="shapes: comma-separated caption kinds the --unnamed share applies to (default: every kind), "
+                      "e.g. single,count to keep every colour named in two-object scenes")
   p.add_argument("--max_concepts", type=int, default=None, help="emoji: use only the first N common concepts")
   p.add_argument("--heldout_fraction", type=float, default=0.05, help="emoji: share of (style, concept) pairs held out")
   p.add_argument("--max_examples", type=int, default=None, help="fashion_mnist: only the first N of each split")
@@ -46,7 +49,7 @@ def _parse(argv):
 
 
 def prepare_shapes(data_dir: str, image_size: int, train_size: int, heldout_size: int, seed: int = 0,
-                   negation: bool = False, unnamed: float = 0.0):
+                   negation: bool = False, unnamed: float = 0.0, unnamed_kinds: str | None = None):
   """Builds `shapes/<image_size>[_negation]` (or a custom-sized config) under `data_dir`; returns the builder."""
   from unclip_jax.data import builders
 
@@ -56,28 +59,45 @@ def prepare_shapes(data_dir: str, image_size: int, train_size: int, heldout_size
     raise UserError("--train_size and --heldout_size must be positive")
   if not 0.0 <= unnamed < 1.0:
     raise UserError(f"--unnamed must be a share in [0, 1), got {unnamed}")
-  builder = builders.Shapes(config=shapes_config(image_size, train_size, heldout_size, seed, negation, unnamed),
-                             data_dir=data_dir, file_format=builders.FILE_FORMAT)
+  config = shapes_config(image_size, train_size, heldout_size, seed, negation, unnamed, unnamed_kinds)
+  builder = builders.Shapes(config=config, data_dir=data_dir, file_format=builders.FILE_FORMAT)
   builder.download_and_prepare()
   return builder
 
 
 def shapes_config(image_size: int, train_size: int, heldout_size: int, seed: int = 0, negation: bool = False,
-                  unnamed: float = 0.0):
+                  unnamed: float = 0.0, unnamed_kinds: str | None = None):
   """The registered config's name ("32", "64", "32_negation", "64_negation") for the default sizes, else a
   sized variant config with its own name, so two sizes never share a folder (tfds refuses a custom config
-  named like a registered one); unnamed colours add "_u<percent>" ("32_n100000_h500_s0_u50")."""
+  named like a registered one); unnamed colours add "_u<percent>" ("32_n100000_h500_s0_u50"), and limiting
+  them to some kinds adds those ("32_n100000_h500_s0_u50_single-count")."""
   from unclip_jax.data import builders
 
   suffix = "_negation" if negation else ""
   registered = {c.name: c for c in builders.Shapes.BUILDER_CONFIGS}[f"{image_size}{suffix}"]
+  kinds = _unnamed_kinds(unnamed_kinds, registered.kinds, unnamed)
   if (train_size, heldout_size, seed, unnamed) == (registered.train_size, registered.heldout_size, registered.seed,
                                                    0.0):
     return registered.name
   suffix += "_u" + f"{unnamed * 100:g}".replace(".", "p") if unnamed else ""  # 0.5 → _u50, 0.125 → _u12p5
+  suffix += "_" + "-".join(kinds) if kinds else ""
   return builders.ShapesConfig(name=f"{image_size}_n{train_size}_h{heldout_size}_s{seed}{suffix}",
                                image_size=image_size, train_size=train_size, heldout_size=heldout_size, seed=seed,
-                               kinds=registered.kinds, unnamed=float(unnamed))
+                               kinds=registered.kinds, unnamed=float(unnamed), unnamed_kinds=kinds)
+
+
+def _unnamed_kinds(spelled: str | None, drawn: tuple[str, ...], unnamed: float) -> tuple[str, ...] | None:
+  """`--unnamed_kinds` as a tuple in the drawn kinds' order; None when absent or naming every kind (the same set)."""
+  if spelled is None:
+    return None
+  kinds = [k.strip() for k in spelled.split(",") if k.strip()]
+  unknown = sorted(set(kinds) - set(drawn))
+  if not kinds or unknown:
+    raise UserError(f"--unnamed_kinds must name some of {', '.join(drawn)} (comma-separated), got {spelled!r}")
+  if not unnamed:
+    raise UserError("--unnamed_kinds needs --unnamed (the share of those kinds' scenes to draw unnamed)")
+  kinds = tuple(k for k in drawn if k in kinds)
+  return None if kinds == drawn else kinds
 
 
 def default_emoji_source() -> str:
@@ -170,7 +190,7 @@ def main(argv) -> int:
   check_writable(args.data_dir, "--data_dir")
   if args.name == "shapes":
     builder = prepare_shapes(args.data_dir, size, args.train_size, args.heldout_size, args.seed, args.negation,
-                             args.unnamed)
+                             args.unnamed, args.unnamed_kinds)
   elif args.name == "emoji":
     builder = prepare_emoji(args.data_dir, args.source, size, args.max_concepts, args.heldout_fraction)
   elif args.name == "fashion_mnist":

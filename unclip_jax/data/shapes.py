@@ -16,7 +16,8 @@ named colours and three shapes each shape is seen in only five or six colours, a
 learns each (colour, shape) pair as a whole; unnamed colours show every shape in hundreds. They keep the
 held-out pairs held out: no unnamed colour, for any shape, comes nearer a held-out pair's colour than the
 nearest palette colour its shape is drawn in (`UNNAMED_GAPS`: yellow circles for orange, blue triangles for
-purple, yellow squares for white).
+purple, yellow squares for white). `unnamed_kinds` limits them to some caption kinds ("single", "count": the
+scenes of one object type), so the captions of two-object scenes keep naming every colour they show.
 """
 
 from __future__ import annotations
@@ -113,9 +114,11 @@ class ShapesScenes:
       and, only when named, "negation" ("a red circle and no squares": the named object alone).
     unnamed: the share of train scenes drawn in random colours with colour-free captions (module docstring);
       0 (the default) draws exactly the set it always drew.
+    unnamed_kinds: the kinds whose scenes may be unnamed (None: every kind); the share applies within them.
   """
 
-  def __init__(self, image_size: int = 64, split: str = "train", seed: int = 0, kinds=KINDS, unnamed: float = 0.0):
+  def __init__(self, image_size: int = 64, split: str = "train", seed: int = 0, kinds=KINDS, unnamed: float = 0.0,
+               unnamed_kinds=None):
     if split not in SPLITS:
       raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     unknown = set(kinds) - set(ALL_KINDS)
@@ -127,13 +130,19 @@ class ShapesScenes:
       raise ValueError(f"unnamed must be in [0, 1), got {unnamed}")
     if unnamed and split != "train":
       raise ValueError("unnamed colours are for the train split only; the heldout split names every colour")
+    if unnamed_kinds is not None and (not unnamed_kinds or set(unnamed_kinds) - set(kinds)):
+      raise ValueError(f"unnamed_kinds must be a non-empty subset of the kinds drawn {tuple(kinds)}, "
+                       f"got {unnamed_kinds!r}")
     self.image_size, self.split, self.seed, self.kinds = image_size, split, seed, tuple(kinds)
     self.unnamed = float(unnamed)
+    self.unnamed_kinds = self.kinds if unnamed_kinds is None else tuple(unnamed_kinds)
 
   def __getitem__(self, index: int):
     rng = np.random.default_rng([self.seed, _SPLIT_SALT[self.split], int(index)])
     kind = self.kinds[rng.integers(len(self.kinds))]
-    unnamed = bool(self.unnamed) and rng.random() < self.unnamed  # no draw at 0: the default set is unchanged
+    # no draw at 0, so the default set is unchanged; the draw precedes the kind test, so limiting the kinds keeps
+    # every other scene of the same seed as it was
+    unnamed = bool(self.unnamed) and rng.random() < self.unnamed and kind in self.unnamed_kinds
     for _ in range(100):  # layouts are rejection-sampled; a retry draws new sizes
       example = self._sample(rng, kind, unnamed)
       if example is not None:
