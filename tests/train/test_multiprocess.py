@@ -94,6 +94,16 @@ def rows(workdir) -> list[dict]:
   return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def wait_for_rows(procs, workdir, count: int, deadline: float) -> None:
+  """Returns once metrics.jsonl holds `count` rows; kills the launch and fails if it ends or the deadline passes."""
+  metrics = Path(workdir) / "metrics.jsonl"
+  while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= count):
+    if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+      kill_all(procs)
+      pytest.fail(f"the run did not reach step {count}: " + "".join(p.communicate()[0][-3000:] for p in procs))
+    time.sleep(0.2)
+
+
 def exported(workdir):
   """The exported stage tree ({"params", "ema"}) as host arrays."""
   import orbax.checkpoint as ocp
@@ -133,12 +143,7 @@ def test_sigterm_to_one_process_stops_both_after_the_same_step(data_dir, tmp_pat
   workdir = tmp_path / "mp"
   procs = start(workdir, data_dir, **{"train.steps": 100_000})  # far more steps than the test waits for
   deadline = time.monotonic() + LAUNCH_DEADLINE_S
-  metrics = workdir / "metrics.jsonl"
-  while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
-    if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-      kill_all(procs)
-      pytest.fail("the run did not reach step 2: " + "".join(p.communicate()[0][-3000:] for p in procs))
-    time.sleep(0.2)
+  wait_for_rows(procs, workdir, 2, deadline)
   os.kill(procs[1].pid, signal.SIGTERM)  # its supervisor passes it to the training child
   outputs = finish(procs, deadline)
   assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
@@ -161,13 +166,7 @@ def test_a_killed_peer_stops_the_survivor_and_the_rerun_resumes_exactly(data_dir
   overrides = {"train.steps": 8, "train.shard_optimizer": True}
   workdir = tmp_path / "mp"
   procs = start(workdir, data_dir, **overrides)
-  deadline = time.monotonic() + LAUNCH_DEADLINE_S
-  metrics = workdir / "metrics.jsonl"
-  while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):  # past the step-4 checkpoint
-    if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-      kill_all(procs)
-      pytest.fail("the run did not reach step 5: " + "".join(p.communicate()[0][-3000:] for p in procs))
-    time.sleep(0.2)
+  wait_for_rows(procs, workdir, 5, time.monotonic() + LAUNCH_DEADLINE_S)  # past the step-4 checkpoint
   os.kill(procs[victim].pid, signal.SIGKILL)
   killed_at = time.monotonic()
   survivor = finish([procs[1 - victim]], killed_at + SURVIVOR_DEADLINE_S + 5)[0]
