@@ -12,7 +12,7 @@
 # larger train.steps extends a finished stage, a changed model or data field needs a new OUT_DIR.
 # DEMO_NOTES="..." is recorded as provenance.notes (say there what was reused or run beside other work).
 # Rerunning resumes: data and embeddings are reused, each stage continues from its latest checkpoint
-# (a finished stage just re-exports), finished evaluation and packing are kept.
+# (a finished stage just re-exports), finished evaluation suites and packing are kept.
 # Per stage: OUT/STAGE/metrics.jsonl, OUT/decoder/samples/*.png (training grids: data above, guided samples
 # below), OUT/STAGE/export (the weights the next step loads), OUT/logs/*.log, OUT/logs/times.txt (seconds).
 set -euo pipefail
@@ -75,8 +75,9 @@ run sample python -m unclip_jax.sample --checkpoint demo --num 4 --out samples -
 # 30 prompts per task and split (the compositional rates are then within about +-15 points at 50%),
 # 6 per guidance setting: the suite samples about 400 images, each drawn 8 times by the decoder: 81 min on
 # the 2-core Xeon (12 with --decoder-candidates 1, which scores the pipeline without reranking).
-[ -f eval/results.json ] || run evaluate python -m unclip_jax.evaluate --checkpoint demo --suite all --num 30 \
-  --guidance-num 6 --decoder-guidance 1,2,3,5 --prior-guidance 1,2 --out eval --no-progress \
+# --resume: the suites a stopped run finished (eval/results.json) are kept and only the rest run.
+run evaluate python -m unclip_jax.evaluate --checkpoint demo --suite all --num 30 \
+  --guidance-num 6 --decoder-guidance 1,2,3,5 --prior-guidance 1,2 --out eval --no-progress --resume \
   --update-readme "$REPO/README.md"
 run curves python -m unclip_jax.train.curves clip prior decoder sr --out curves.png
 

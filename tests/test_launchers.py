@@ -134,3 +134,18 @@ def test_train_demo_embeds_the_sets_it_prepares_under_the_names_the_prior_and_de
   assert embeds and set(embeds.values()) <= built, (embeds, built)
   for stage in ("prior", "decoder"):
     assert load_config(stage, "demo").data.config in embeds, stage
+
+
+def test_train_demo_evaluate_command_parses_and_resumes():
+  """The script's `evaluate` line uses flags evaluate knows, with --resume: a stopped evaluation reruns only the
+  suites it had not finished (a partial eval/results.json is not mistaken for a finished one)."""
+  import shlex
+
+  from unclip_jax import evaluate
+
+  text = (LAUNCH / "train_demo.sh").read_text().replace("\\\n", " ")
+  line = next(x for x in text.split("\n") if "-m unclip_jax.evaluate" in x and not x.lstrip().startswith("#"))
+  words = shlex.split(line.split("-m unclip_jax.evaluate", 1)[1])
+  args = evaluate.parse(words)
+  assert args.resume and args.suite == "all" and args.out == "eval" and args.update_readme.endswith("README.md")
+  assert "[ -f eval/results.json ]" not in text

@@ -7,7 +7,8 @@ Without --checkpoint the demo pipeline shipped in the package is evaluated.
 
 Suites: compositional, stages, fd, clip_score, zeroshot, prior, guidance, all. Writes DIR/results.json,
 DIR/results.md (one markdown table), sample grids per compositional task and stages row (DIR/grids/) and, for guidance,
-DIR/guidance.png; the results files are rewritten after each suite (`meta.pending` lists those still to run).
+DIR/guidance.png; the results files are rewritten after each suite (`meta.pending` lists those still to run), and
+--resume keeps the suites a stopped run of the same command already wrote there.
 The evaluator network (FD features) and evaluator CLIP are trained on first use and cached in --cache
 (default ~/.cache/unclip_jax/eval); see unclip_jax/eval/.
 """
@@ -78,6 +79,8 @@ def parse(argv: Sequence[str]):
                       "(default: the pipeline's; 1 grades without CLIP reranking)")
   p.add_argument("--no-extra-zeroshot", action="store_true", help="zeroshot suite: skip fashion_mnist and emoji")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
+  p.add_argument("--resume", action="store_true",
+                 help="keep the suites already in --out's results.json (same pipeline and options) and run the rest")
   p.add_argument("--verbose", action="store_true", help="print the pipeline's per-call log")
   p.add_argument("--update-readme", default=None, metavar="FILE",
                  help=f"also put the results table into FILE between the lines {report.BEGIN!r} and {report.END!r}")
@@ -124,6 +127,40 @@ def options(args):
   return o
 
 
+# Arguments that change how a run looks or where it writes, not its numbers: a resumed run may differ in them.
+_PRESENTATION = ("checkpoint", "out", "no_progress", "verbose", "update_readme", "resume")
+
+
+def fingerprint(args, pipeline: dict) -> dict:
+  """What a suite's numbers depend on: the options and the pipeline's weights (checksums) and sampling settings."""
+  import hashlib
+  import json
+
+  from unclip_jax.checkpoint import CHECKSUMS
+
+  content = {"sampling": pipeline["meta"].get("sampling"),
+             "stages": {name: meta.get(CHECKSUMS) for name, meta in sorted(pipeline["stages"].items())}}
+  digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+  return {"options": {k: v for k, v in sorted(vars(args).items()) if k not in _PRESENTATION}, "pipeline": digest}
+
+
+def finished_suites(out: Path, expected: dict) -> tuple[dict, dict]:
+  """(results, seconds) of the suites a stopped run with the same fingerprint wrote to out/results.json."""
+  import json
+
+  path = out / "results.json"
+  if not path.is_file():
+    return {}, {}
+  try:
+    saved = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise UserError(f"--resume: cannot read {path} ({e}); use another --out or delete it") from None
+  if saved.get("meta", {}).get("fingerprint") != expected:
+    raise UserError(f"--resume: {path} was not written by this command on this pipeline (other options, weights or "
+                    "sampling settings); rerun with the same ones, or use another --out")
+  return {k: v for k, v in saved.items() if k != "meta"}, saved["meta"].get("seconds", {})
+
+
 def main(argv: Sequence[str]) -> int:
   from unclip_jax.eval import SUITES, report, suite_runner
 
@@ -136,11 +173,13 @@ def main(argv: Sequence[str]) -> int:
 
   if args.checkpoint is None:
     args.checkpoint = str(default_pipeline())
-  read_pipeline(args.checkpoint)  # a clear error before anything slow
+  pipeline = read_pipeline(args.checkpoint)  # a clear error before anything slow
   if args.eval_clip:
     read_stage(args.eval_clip, kind="clip")
   out = Path(args.out or f"eval-{args.suite}")
   check_writable(out, "--out", folder=True)
+  key = fingerprint(args, pipeline)
+  done, done_seconds = finished_suites(out, key) if args.resume else ({}, {})
 
   from unclip_jax.eval.context import Context
 
@@ -153,11 +192,17 @@ def main(argv: Sequence[str]) -> int:
   ctx = Context(pipe, opts, log)
   settings = ctx.settings()  # bad --decoder-steps / --prior-steps / --sr-steps fail here, before any work
   suites = SUITES if args.suite == "all" else (args.suite,)
-  results, timings, paths = {}, {}, {}
+  results = {name: done[name] for name in suites if name in done}
+  timings = {name: done_seconds[name] for name in results if name in done_seconds}
+  paths = {}
   meta = {"checkpoint": str(args.checkpoint), "suite": args.suite, "num": args.num, "seed": args.seed,
           "output_size": pipe.output_size, "settings": {k: v.to_dict() for k, v in settings.items()},
-          "seconds": timings, "argv": list(argv)}
+          "seconds": timings, "argv": list(argv), "fingerprint": key}
+  if results:
+    log(f"resumed: {', '.join(results)} kept from {out / 'results.json'}")
   for i, name in enumerate(suites):
+    if name in results:
+      continue
     start = time.perf_counter()
     log(f"suite {name} ...")
     results[name] = suite_runner(name)(ctx)
@@ -165,8 +210,10 @@ def main(argv: Sequence[str]) -> int:
     log(f"suite {name}: {timings[name]}s")
     # Written after every suite (an `all` run takes up to 80 min on a CPU): its finished suites can be read
     # while it runs and survive a stop; `meta.pending` names the suites not yet in the files.
-    pending = list(suites[i + 1:])
+    pending = [later for later in suites[i + 1:] if later not in results]
     paths.update(report.write(results, out, {**meta, "pending": pending} if pending else meta))
+  if not paths:  # every suite was already there: the files again, so the table and plot match this code
+    paths.update(report.write(results, out, meta))
   if args.update_readme:
     report.replace_block(args.update_readme, report.markdown(results))
     paths["readme"] = Path(args.update_readme)

@@ -116,6 +116,19 @@ def test_every_suite_end_to_end(pipe, tmp_path, capsys, monkeypatch):
   else:
     assert "matplotlib" in results["guidance"]["plot"]
 
+  # --resume with every suite written runs none, and renders the same table from results.json
+  import unclip_jax.eval
+
+  monkeypatch.setattr(unclip_jax.eval, "suite_runner", lambda name: pytest.fail(f"suite {name} was run again"))
+  code, stdout, err = _run([*argv, "--resume"], capsys)
+  assert code == 0 and "resumed: compositional, stages, fd, clip_score, zeroshot, prior, guidance kept" in err, err
+  assert (out / "results.md").read_text() == table and stdout.startswith(table)
+  other = list(argv)
+  other[other.index("--seed") + 1] = 4
+  code, _, err = _run([*other, "--resume"], capsys)
+  assert code == 2 and err.startswith("error: --resume: ") and "not written by this command" in err, err
+  monkeypatch.undo()
+
   # the evaluators were saved in the cache and are reused, not retrained
   opts = evaluate.options(evaluate.parse([str(a) for a in argv]))
   monkeypatch.setattr(features, "train", lambda *a, **k: pytest.fail("the evaluator CNN was retrained"))
@@ -168,9 +181,19 @@ def test_results_are_written_after_each_suite(pipe, tmp_path, capsys, monkeypatc
 
   monkeypatch.setattr(eval_pkg, "SUITES", ("prior", "zeroshot"))
   monkeypatch.setattr(eval_pkg, "suite_runner", runner)
-  code, _, err = _run(["--checkpoint", pipe, "--suite", "all", "--num", 2, "--out", tmp_path / "out",
-                       "--cache", tmp_path / "cache", "--prior-steps", 2, "--no-progress"], capsys)
+  argv = ["--checkpoint", pipe, "--suite", "all", "--num", 2, "--out", tmp_path / "out", "--cache", tmp_path / "cache",
+          "--prior-steps", 2, "--no-extra-zeroshot", "--no-progress"]
+  code, _, err = _run(argv, capsys)
   assert code == 2 and "stopped on purpose" in err
   written = json.loads((tmp_path / "out" / "results.json").read_text())
   assert set(written) == {"meta", "prior"} and written["meta"]["pending"] == ["zeroshot"]
   assert "| prior |" in (tmp_path / "out" / "results.md").read_text()
+
+  # --resume: the finished suite is kept, the rest runs
+  ran = []
+  monkeypatch.setattr(eval_pkg, "suite_runner", lambda name: ran.append(name) or real(name))
+  code, _, err = _run([*argv, "--resume"], capsys)
+  assert code == 0 and ran == ["zeroshot"] and "resumed: prior kept" in err, err
+  written = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert set(written) == {"meta", "prior", "zeroshot"} and "pending" not in written["meta"]
+  assert written["meta"]["seconds"]["prior"] > 0 and "| zeroshot |" in (tmp_path / "out" / "results.md").read_text()
