@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The shapes demo pipeline, trained end to end on a CPU with the project's own commands and the `demo`
 # presets, then evaluated and packed into the package (the default --checkpoint of sample/zeroshot/evaluate):
-#   shapes data (32 px and 64 px) -> CLIP -> embed -> prior, 32 px decoder, 32->64 upsampler
+#   shapes data (32 px and 64 px; the decoder's with unnamed colours) -> CLIP -> embed -> prior, 32 px decoder,
+#   32->64 upsampler
 #   -> pipeline folder -> sample grid -> evaluate --suite all (README table) -> training curves
 #   -> unclip_jax/assets/demo (EMA weights as float16, with the recipe, commit and evaluation numbers)
 # Usage: bash launch/train_demo.sh [OUT_DIR]     (from the repository root, venv active)
@@ -57,6 +58,15 @@ rm -rf data/embedded/shapes32/incomplete.*
 [ -f data/embedded/shapes32/1.0.0/dataset_info.json ] || run embed python -m unclip_jax.embed --checkpoint clip/export \
   --data_dir data --dataset shapes --dataset_config 32_n25000_h500_s0 --splits train,heldout --name shapes32 \
   --batch_size 256
+# The decoder's own set: 50,000 scenes, half the single-object and counting ones in unnamed random colours with
+# colour-free captions ("a circle", "three squares"), so it learns colour apart from shape, while every
+# two-object caption names its colours (docs/demo.md). No unnamed colour comes near a held-out pair's colour.
+run data32u python -m unclip_jax.data.prepare shapes --data_dir data --image_size 32 --train_size 50000 \
+  --heldout_size 500 --unnamed 0.5 --unnamed_kinds single,count
+rm -rf data/embedded/shapes32u/incomplete.*
+[ -f data/embedded/shapes32u/1.0.0/dataset_info.json ] || run embed_u python -m unclip_jax.embed \
+  --checkpoint clip/export --data_dir data --dataset shapes --dataset_config 32_n50000_h500_s0_u50_single-count \
+  --splits train,heldout --name shapes32u --batch_size 256
 train prior prior.py:demo
 train decoder decoder.py:demo
 train sr upsampler.py:demo
