@@ -47,26 +47,29 @@ train() {  # train NAME CONFIG: one stage, resuming from WORKDIR=NAME, with the 
   [ -f "$name/export/stage.json" ] || { stamp "$name stopped before its last step; rerun this script to resume"; exit 1; }
 }
 
+# embed NAME CONFIG LOG: the prepared shapes CONFIG embedded by the trained CLIP as data/embedded/NAME. embed refuses
+# to overwrite, so a completed embedding is reused (tfds builds it in an `incomplete.*` folder first).
+embed() {
+  local name=$1 config=$2 log=$3
+  rm -rf "data/embedded/$name/incomplete."*
+  [ -f "data/embedded/$name/1.0.0/dataset_info.json" ] || run "$log" python -m unclip_jax.embed \
+    --checkpoint clip/export --data_dir data --dataset shapes --dataset_config "$config" --splits train,heldout \
+    --name "$name" --batch_size 256
+}
+
 # 50,000 + 2,000 scenes each: 32 px for CLIP, 64 px for the upsampler; and the first 25,000 (+ 500) of the
-# 32 px ones again, which CLIP embeds for the prior and decoder (embedding is the slow part).
+# 32 px ones again, which CLIP embeds for the prior (embedding is the slow part).
 run data32 python -m unclip_jax.data.prepare shapes --data_dir data --image_size 32
 run data64 python -m unclip_jax.data.prepare shapes --data_dir data --image_size 64
 run data32e python -m unclip_jax.data.prepare shapes --data_dir data --image_size 32 --train_size 25000 --heldout_size 500
 train clip clip.py:demo
-# embed refuses to overwrite: a completed embedding is reused (tfds builds it in an `incomplete.*` folder first).
-rm -rf data/embedded/shapes32/incomplete.*
-[ -f data/embedded/shapes32/1.0.0/dataset_info.json ] || run embed python -m unclip_jax.embed --checkpoint clip/export \
-  --data_dir data --dataset shapes --dataset_config 32_n25000_h500_s0 --splits train,heldout --name shapes32 \
-  --batch_size 256
+embed shapes32 32_n25000_h500_s0 embed
 # The decoder's own set: 50,000 scenes, half the single-object and counting ones in unnamed random colours with
 # colour-free captions ("a circle", "three squares"), so it learns colour apart from shape, while every
 # two-object caption names its colours (docs/demo.md). No unnamed colour comes near a held-out pair's colour.
 run data32u python -m unclip_jax.data.prepare shapes --data_dir data --image_size 32 --train_size 50000 \
   --heldout_size 500 --unnamed 0.5 --unnamed_kinds single,count
-rm -rf data/embedded/shapes32u/incomplete.*
-[ -f data/embedded/shapes32u/1.0.0/dataset_info.json ] || run embed_u python -m unclip_jax.embed \
-  --checkpoint clip/export --data_dir data --dataset shapes --dataset_config 32_n50000_h500_s0_u50_single-count \
-  --splits train,heldout --name shapes32u --batch_size 256
+embed shapes32u 32_n50000_h500_s0_u50_single-count embed_u
 train prior prior.py:demo
 train decoder decoder.py:demo
 train sr upsampler.py:demo
