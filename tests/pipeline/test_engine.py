@@ -7,6 +7,7 @@ import pytest
 
 from unclip_jax import images as image_io
 from unclip_jax import pipeline as P
+from unclip_jax.errors import UserError
 
 
 def test_last_upsampler_step_uses_the_last_model():
@@ -98,6 +99,77 @@ def test_decoder_candidates_keep_the_one_clip_rates_nearest_the_caption(pipe_dir
   want = cands[np.arange(len(prompts)), scores.argmax(1)]
   np.testing.assert_allclose(best["small"], want, atol=1e-4)
   assert not np.allclose(best["small"], one["small"], atol=1e-3)  # some image changed: the test can fail
+
+
+def _with_reranker(pipe_dir, out, clip_config: dict, seed: int = 1):
+  """pipe_dir's stages plus a `rerank_clip` stage of random weights (another seed than the pipeline's CLIP)."""
+  import json
+
+  from unclip_jax.checkpoint import save_stage
+
+  save_stage(out / "rerank", P.random_params("rerank_clip", "clip", clip_config, seed), kind="clip",
+             config=clip_config)
+  meta = json.loads((pipe_dir / "pipeline.json").read_text())
+  stages = {n: str(pipe_dir / rel) for n, rel in meta["stages"].items()}
+  return P.assemble(out / "pipe", {**stages, "rerank_clip": str(out / "rerank")}, sampling=meta["sampling"])
+
+
+@pytest.mark.slow
+def test_a_rerank_clip_stage_rates_the_decoder_candidates_in_place_of_the_pipeline_clip(pipe_dir, tmp_path):
+  """With a `rerank_clip` stage, `generate` keeps the candidate that CLIP's image tower puts nearest the
+  caption's embedding by its own text tower; the prior and the candidates drawn are the pipeline's own."""
+  import dataclasses
+
+  import jax
+
+  from unclip_jax.models import clip_encoder
+
+  base = P.Pipeline.load(pipe_dir, log=lambda m: None)
+  pipe = P.Pipeline.load(_with_reranker(pipe_dir, tmp_path, P.read_pipeline(pipe_dir)["stages"]["clip"]["config"]),
+                         log=lambda m: None)
+  assert pipe.weights["rerank_clip"] == "params"
+  k = 3
+  ranked = pipe.settings({"decoder": {"candidates": k}})
+  prompts, seeds = ["a red square", "a blue circle", "a cat", "a green dog", "two cats", "a sun"], [5, 6, 7, 8, 9, 10]
+  best = pipe.generate(prompts, seeds, ranked)
+  by_pipeline_clip = base.generate(prompts, seeds, ranked)
+  np.testing.assert_array_equal(best["image_embeds"], by_pipeline_clip["image_embeds"])
+
+  text = pipe.encode_text(prompts)
+  single = dataclasses.replace(ranked["decoder"], candidates=1)
+  cands = np.stack([pipe.decode(best["image_embeds"], text, np.stack([np.asarray(P.candidate_keys(kk, k)[c])
+                                                                      for kk in P.image_keys(seeds)]), single)
+                    for c in range(k)], axis=1)  # (B, K, H, W, 3)
+
+  def scores(clip, config, params):
+    encode = jax.jit(clip_encoder.image_encoder(clip, config))
+    flat = P.upsample_bicubic(cands.reshape((-1,) + cands.shape[2:]), config.image_size)
+    z = np.asarray(encode(params, (np.asarray(flat) + 1) / 2)).reshape(len(prompts), k, -1)
+    t = np.asarray(clip_encoder.text_encoder(clip)(params, pipe.tokenize(prompts))[0])
+    z, t = (a / np.linalg.norm(a, axis=-1, keepdims=True) for a in (z, t))
+    return np.einsum("bke,be->bk", z, t)
+  rerank = scores(pipe.rerank_clip, pipe.rerank_config, pipe.rerank_params)
+  own = scores(pipe.clip, pipe.clip_config, pipe.clip_params)
+  assert np.all(np.diff(np.sort(rerank, axis=1)[:, -2:], axis=1) > 1e-4)  # no near-ties
+  rows = np.arange(len(prompts))
+  np.testing.assert_allclose(best["small"], cands[rows, rerank.argmax(1)], atol=1e-4)
+  np.testing.assert_allclose(by_pipeline_clip["small"], cands[rows, own.argmax(1)], atol=1e-4)
+  assert (rerank.argmax(1) != own.argmax(1)).any()  # the two CLIPs disagree somewhere: the test can fail
+
+  # rated against an image embedding (variations without a caption), the pipeline's CLIP rates: the reranker's
+  # embeddings live in another space
+  emb = best["image_embeds"][:2]
+  np.testing.assert_array_equal(pipe.decode_embeddings(emb, seeds[:2], ranked)["small"],
+                                base.decode_embeddings(emb, seeds[:2], ranked)["small"])
+
+
+def test_a_rerank_clip_stage_must_see_images_and_read_the_pipeline_context(pipe_dir, tmp_path):
+  clip_config = P.read_pipeline(pipe_dir)["stages"]["clip"]["config"]
+  for i, (change, message) in enumerate([({"image_tower": False}, "text encoder only"),
+                                         ({"context_length": clip_config["context_length"] + 4}, "tokens")]):
+    folder = _with_reranker(pipe_dir, tmp_path / str(i), {**clip_config, **change})
+    with pytest.raises(UserError, match=message):
+      P.Pipeline.load(folder, log=lambda m: None)
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Build unCLIP pipeline folders.
 
     python -m unclip_jax.pipeline init-random --preset tiny --out DIR
-    python -m unclip_jax.pipeline assemble --clip C --prior P --decoder D --sr-64-256 S [--sr-64-256-last L] --out DIR
+    python -m unclip_jax.pipeline assemble --clip C --prior P --decoder D --sr-64-256 S [--sr-64-256-last L] \
+        [--rerank-clip R] --out DIR
     python -m unclip_jax.pipeline pack SRC --out DIR [--dtype float16] [--meta results.json] [--reuse-unchanged OLD]
     python -m unclip_jax.pipeline remap --decoder D --old-clip C --new-clip C2 --data_dir DIR --dataset shapes \
         [--dataset_config 32] [--num 4096] --out DIR
@@ -29,8 +30,9 @@ def main(argv: Sequence[str]) -> int:
   p.add_argument("--out", required=True)
   a = sub.add_parser("assemble", help="write pipeline.json for existing stage folders (e.g. converted Karlo)")
   for name in STAGE_KINDS:
+    what = " that only rates the decoder's candidates against the caption" if name == "rerank_clip" else ""
     a.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
-                   required=name in REQUIRED, help=f"{STAGE_KINDS[name]} stage folder")
+                   required=name in REQUIRED, help=f"{STAGE_KINDS[name]} stage folder{what}")
   a.add_argument("--preset", default="karlo", choices=("karlo", "paper"), help="sampling defaults")
   a.add_argument("--out", required=True)
   k = sub.add_parser("pack", help="a self-contained copy of a pipeline for shipping: sampling weights only, "

@@ -34,6 +34,20 @@ from unclip_jax.pipeline.settings import DIFFUSION_STAGES, StageSampling, apply_
 UPSAMPLERS = ("sr_64_256", "sr_256_1024")
 
 
+def rerank_model(config: dict, clip_config: clip_model.CLIPConfig, name: str):
+  """(module, config) of a pipeline's `rerank_clip` stage, a CLIP that only rates decoder candidates against
+  their caption. It reads the pipeline's token ids, so its context length must be the pipeline CLIP's."""
+  rc = clip_model.CLIPConfig.from_dict(config)
+  if not rc.image_tower:
+    raise UserError(f"{name or 'this pipeline'}: its rerank_clip stage is a text encoder only; rating decoder "
+                    "candidates needs an image tower")
+  if rc.context_length != clip_config.context_length:
+    raise UserError(f"{name or 'this pipeline'}: its rerank_clip stage reads {rc.context_length} tokens, the "
+                    f"pipeline's CLIP {clip_config.context_length}; train the reranker with the same context")
+  rc = rc.replace(dtype=clip_config.dtype)
+  return clip_model.CLIP(rc), rc
+
+
 class Component(NamedTuple):
   """One stage of a pipeline: its checkpoint kind, its stage.json `config`, its parameter tree."""
   kind: str
@@ -82,6 +96,10 @@ class Pipeline:
                               self._put(last.params) if last else None, size, size_out))
       size = size_out
     self.output_size = size
+    self.rerank_clip = self.rerank_config = self.rerank_params = None
+    if "rerank_clip" in components:
+      self.rerank_clip, self.rerank_config = rerank_model(components["rerank_clip"].config, self.clip_config, name)
+      self.rerank_params = self._put(components["rerank_clip"].params)
     self._diffusion = {n: components[n].config.get("diffusion") for n in DIFFUSION_STAGES if n in components}
     self._uncond: TextEncoding | None = None
 
@@ -162,9 +180,11 @@ class Pipeline:
     """Whether a decoder program of `rows` rows divides each image's candidates over the devices."""
     return self.runner.spreads(rows, s.candidates > 1)
 
-  def _decoder_piece(self, s: StageSampling, trajectory: bool, spread: bool = False):
+  def _decoder_piece(self, s: StageSampling, trajectory: bool, spread: bool = False, rerank: bool = False):
     scorer = None
-    if s.candidates > 1:
+    if rerank:
+      scorer = programs.clip_scorer(self.rerank_clip, self.rerank_config)
+    elif s.candidates > 1:
       self._need_image_tower("decoder candidates (CLIP reranking)")
       scorer = programs.clip_scorer(self.clip, self.clip_config)
     return programs.decoder_piece(self.decoder, self.process("decoder", s.steps), self.image_size, s, trajectory,
@@ -227,7 +247,8 @@ class Pipeline:
   def decode(self, image_embeds: np.ndarray, text: TextEncoding, keys: np.ndarray, settings: StageSampling, *,
              x_T: np.ndarray | None = None, trajectory: bool = False, rows: int | None = None):
     """Decoder-size images in [-1, 1] (B, H, W, 3) from CLIP image embeddings and captions; with
-    `trajectory` also the predicted x0 after every step (B, steps, H, W, 3)."""
+    `trajectory` also the predicted x0 after every step (B, steps, H, W, 3). Candidates are rated by the
+    pipeline's CLIP against `text` (a `rerank_clip` stage, where there is one, only rates in whole programs)."""
     rows = rows or self.padded_batch(len(keys))
     spread = self._spread_candidates(settings, rows)
     piece = self._decoder_piece(settings, trajectory, spread)
@@ -278,17 +299,21 @@ class Pipeline:
     n = len(keys)
     rows = self.runner.rows(n, batch, rows)
     spread = self._spread_candidates(settings["decoder"], rows)
+    # a rerank_clip stage rates candidates against captions only (an image embedding lives in the pipeline CLIP's space)
+    rerank = settings["decoder"].candidates > 1 and rank_by_text and self.rerank_clip is not None
     program = programs.whole_program(
         self._text_piece(), self._prior_piece(settings["prior"], candidates) if from_text else None,
-        self._decoder_piece(settings["decoder"], trajectory, spread), self._upsample_piece(settings),
-        trajectory=trajectory, given_noise=x_T is not None, rank_by_text=rank_by_text)
+        self._decoder_piece(settings["decoder"], trajectory, spread, rerank), self._upsample_piece(settings),
+        trajectory=trajectory, given_noise=x_T is not None, rank_by_text=rank_by_text,
+        rerank_text_fn=clip_encoder.text_encoder(self.rerank_clip) if rerank else None)
     weights = {"clip": self.clip_params, "prior": self.prior_vars if from_text else None,
-               "decoder": self.decoder_params, "sr": self._sr_weights()}
+               "decoder": self.decoder_params, "sr": self._sr_weights(),
+               "rerank": self.rerank_params if rerank else None}
     scales = {s: np.float32(settings[s].guidance_scale) for s in ("prior", "decoder")}
     batched = (keys, tokens) + (() if from_text else (np.asarray(image_embeds, np.float32),)) + (
         () if x_T is None else (np.asarray(x_T, np.float32),))
     key = (tuple((st,) + settings[st].compiled_key() for st in stages), candidates, trajectory, from_text,
-           x_T is not None, rank_by_text, tuple(sr.last_params is None for sr in self.srs))
+           x_T is not None, rank_by_text, rerank, tuple(sr.last_params is None for sr in self.srs))
     label = " → ".join(["text"] + [f"{st} {settings[st].steps}" for st in stages])
     result = self.runner.run_chunked(label, key, program, (weights, scales, self.tokenize([""])), batched, n,
                                      batch, rows, spread)

@@ -4,7 +4,8 @@ from stage checkpoints, and restoring a stage's parameter tree.
     DIR/pipeline.json   {"kind": "unclip_pipeline", "format": 1, "preset", "stages": {name: relative path},
                          "sampling": {stage: {steps, sampler, eta, guidance_scale, clip_x0, dynamic_threshold,
                                               candidates}}}
-    DIR/clip/ prior/ decoder/ sr_64_256/ [sr_64_256_last/] [sr_256_1024/]   stage checkpoints (checkpoint.py)
+    DIR/clip/ prior/ decoder/ sr_64_256/ [sr_64_256_last/] [sr_256_1024/] [rerank_clip/]   stage checkpoints
+                                                                                     (checkpoint.py)
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ PIPELINE_FILE = "pipeline.json"
 # The demo pipeline shipped inside the package (launch/train_demo.sh trains it): the default --checkpoint.
 DEMO_PIPELINE = Path(__file__).resolve().parents[1] / "assets" / "demo"
 FORMAT_VERSION = 1
-# stage name -> stage checkpoint kind; required stages first
+# stage name -> stage checkpoint kind; required stages first. `rerank_clip`: a CLIP that only rates the decoder's
+# candidates against the caption (in place of the pipeline's CLIP, which the prior and decoder are conditioned on).
 STAGE_KINDS = {"clip": "clip", "prior": "prior", "decoder": "decoder", "sr_64_256": "upsampler",
-               "sr_64_256_last": "upsampler", "sr_256_1024": "upsampler"}
+               "sr_64_256_last": "upsampler", "sr_256_1024": "upsampler", "rerank_clip": "clip"}
 REQUIRED = ("clip", "prior", "decoder", "sr_64_256")
 
 

@@ -250,11 +250,14 @@ def upsample_piece(stages: Sequence[tuple[SRStage, StageSampling, Any]]) -> Call
 
 
 def whole_program(text_fn: Callable, prior_fn: Callable | None, decoder_fn: Callable, upsample_fn: Callable, *,
-                  trajectory: bool, given_noise: bool, rank_by_text: bool = True) -> Callable:
+                  trajectory: bool, given_noise: bool, rank_by_text: bool = True,
+                  rerank_text_fn: Callable | None = None) -> Callable:
   """One call as one traced function: (weights, scales, empty caption tokens, keys, tokens, *rest) →
   {"images": uint8, "small", "image_embeds"[, "trajectory"]}. With a `prior_fn` the call starts from
   text; without, `rest` holds (image embeddings[, x_T]). Decoder candidates are rated against the caption's
-  text embedding (`rank_by_text`) or else against the image embedding they were drawn from."""
+  text embedding (`rank_by_text`) or else against the image embedding they were drawn from. With a
+  `rerank_text_fn` (the text tower of a reranking-only CLIP, whose weights are `weights["rerank"]`, and
+  `decoder_fn` scoring with its image tower) the caption's embedding comes from that CLIP instead."""
 
   def program(weights, scales, empty_tokens, keys, tokens, *rest):
     uncond_row = text_fn(weights["clip"], empty_tokens)
@@ -264,9 +267,11 @@ def whole_program(text_fn: Callable, prior_fn: Callable | None, decoder_fn: Call
     else:
       image_embeds = rest[0]
     x_T = rest[1] if given_noise else None
-    targets = text[0] if rank_by_text else image_embeds
+    targets, scorer_params = (text[0] if rank_by_text else image_embeds), weights["clip"]
+    if rerank_text_fn is not None:
+      targets, scorer_params = rerank_text_fn(weights["rerank"], tokens)[0], weights["rerank"]
     small = decoder_fn(weights["decoder"], scales["decoder"], keys, x_T, image_embeds, text, uncond_row,
-                       weights["clip"], targets)
+                       scorer_params, targets)
     small, traj = small if trajectory else (small, None)
     out = {"images": uint8_images(upsample_fn(weights["sr"], keys, small)), "small": small,
            "image_embeds": image_embeds.astype(jnp.float32)}
