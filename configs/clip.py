@@ -1,13 +1,18 @@
 """CLIP training configs: presets `tiny` (CPU tests, toy shapes data), `demo` (the shapes demo pipeline of
-`launch/train_demo.sh`), `vit_b32`, `vit_l14` (Karlo's CLIP).
+`launch/train_demo.sh`), `demo_rerank` (the demo's reranking-only CLIP), `vit_b32`, `vit_l14` (Karlo's CLIP).
 
 Run (the training CLI arrives in a later issue):
 
     python -m unclip_jax.train --config configs/clip.py:tiny --workdir /tmp/clip_tiny
     python -m unclip_jax.train --config configs/clip.py:demo --workdir runs/demo/clip --data_dir runs/demo/data
+    python -m unclip_jax.train --config configs/clip.py:demo_rerank --workdir runs/demo/rerank_clip \
+        --data_dir runs/demo/data
 
 `demo`: a 32 px ViT (patch 4, width 96, 3 layers) and a 4-layer, 64-wide text tower (context 16; the
 shapes captions are at most 10 tokens), 64-d embeddings, trained on `prepare shapes --image_size 32`.
+`demo_rerank`: the same model and data, trained only to rate the decoder's candidates (a pipeline's optional
+`rerank_clip` stage; docs/demo.md): no hard negatives, 2000 steps. The pipeline's own CLIP cannot be swapped,
+as the prior and decoder are conditioned on its embeddings, but the reranker is free to be whatever ranks best.
 
 `config.model` holds exactly the fields of `unclip_jax.models.clip.CLIPConfig`, so it is what a stage
 checkpoint's `stage.json` stores; `config.train` follows OpenCLIP's recipe (AdamW, cosine schedule with
@@ -28,8 +33,8 @@ from unclip_jax.train.run_config import data_config, stage_header, train_config
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name = arg or "tiny"
-  config = stage_header("clip", name, MODEL_PRESETS["clip"], what="CLIP")
-  config.model = model_config("clip", name)
+  config = stage_header("clip", name, MODEL_PRESETS["clip"] + ("demo_rerank",), what="CLIP")
+  config.model = model_config("clip", "demo" if name == "demo_rerank" else name)
 
   # OpenCLIP's recipe; no EMA (neither OpenCLIP nor big_vision keeps one for CLIP).
   config.optim = optim_config(lr=5e-4, warmup_steps=10_000, weight_decay=0.2, b2=0.98, eps=1e-6, ema_decay=0.0)
@@ -61,6 +66,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.update(dict(lr=1e-3, warmup_steps=50, weight_decay=0.1))
     train.log_every = 25
     train.checkpoint_every = 100
+  elif name == "demo_rerank":
+    data.name, data.config = "shapes", "32"  # the demo CLIP's data
+    train.batch_size = 128
+    # 2000 steps, about 12 min on 2 cores. No hard negatives: a probe (docs/demo.md) found this CLIP keeps a right
+    # candidate of the demo decoder far more often than the demo CLIP, trained with them, does.
+    train.steps = 2000
+    config.optim.update(dict(lr=2e-3, warmup_steps=100, weight_decay=0.0, end_lr_factor=0.05))
+    train.log_every = 25
+    train.checkpoint_every = 250
   elif name == "vit_l14":
     config.optim.update(dict(lr=4e-4, warmup_steps=2_000))
   return config

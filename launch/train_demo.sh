@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The shapes demo pipeline, trained end to end on a CPU with the project's own commands and the `demo`
 # presets, then evaluated and packed into the package (the default --checkpoint of sample/zeroshot/evaluate):
-#   shapes data (32 px and 64 px; the decoder's with unnamed colours) -> CLIP -> embed -> prior, 32 px decoder,
-#   32->64 upsampler
+#   shapes data (32 px and 64 px; the decoder's with unnamed colours) -> CLIP, reranking CLIP -> embed -> prior,
+#   32 px decoder, 32->64 upsampler
 #   -> pipeline folder -> sample grid -> evaluate --suite all (README table) -> training curves
 #   -> unclip_jax/assets/demo (EMA weights as float16, with the recipe, commit and evaluation numbers)
 # Usage: bash launch/train_demo.sh [OUT_DIR]     (from the repository root, venv active)
 # More training where the hardware allows (a GPU): DEMO_<STAGE>_ARGS adds config overrides to that stage's
-# `train` command (STAGE: CLIP, PRIOR, DECODER, SR), e.g.
+# `train` command (STAGE: CLIP, RERANK_CLIP, PRIOR, DECODER, SR), e.g.
 #   DEMO_DECODER_ARGS="--config.train.steps=72000" bash launch/train_demo.sh runs/demo_long
 # They are recorded in every shipped stage.json (provenance.overrides). A rerun resumes under `train`'s own rules: a
 # larger train.steps extends a finished stage, a changed model or data field needs a new OUT_DIR.
@@ -63,6 +63,9 @@ run data32 python -m unclip_jax.data.prepare shapes --data_dir data --image_size
 run data64 python -m unclip_jax.data.prepare shapes --data_dir data --image_size 64
 run data32e python -m unclip_jax.data.prepare shapes --data_dir data --image_size 32 --train_size 25000 --heldout_size 500
 train clip clip.py:demo
+# A second CLIP that only rates the decoder's 8 candidates (the pipeline's `rerank_clip` stage; docs/demo.md): the
+# same data without hard negatives, 2000 steps. The pipeline's CLIP keeps a right candidate no more often than chance.
+train rerank_clip clip.py:demo_rerank
 embed shapes32 32_n25000_h500_s0 embed
 # The decoder's own set: 50,000 scenes, half the single-object and counting ones in unnamed random colours with
 # colour-free captions ("a circle", "three squares"), so it learns colour apart from shape, while every
@@ -74,10 +77,10 @@ train prior prior.py:demo
 train decoder decoder.py:demo
 train sr upsampler.py:demo
 [ -f pipeline/pipeline.json ] || run assemble python -m unclip_jax.pipeline assemble --clip clip/export \
-  --prior prior/export --decoder decoder/export --sr-64-256 sr/export --out pipeline
+  --prior prior/export --decoder decoder/export --sr-64-256 sr/export --rerank-clip rerank_clip/export --out pipeline
 
 # The demo's sampling defaults (Karlo's 25/25/7 steps and guidance 4/8 overshoot these small models); the
-# decoder draws each image 8 times and keeps the one its CLIP puts nearest the caption (docs/demo.md):
+# decoder draws each image 8 times and keeps the one the reranking CLIP puts nearest the caption (docs/demo.md):
 SAMPLING='{"prior": {"steps": "25", "guidance_scale": 2.0},
   "decoder": {"steps": "50", "guidance_scale": 3.0, "candidates": 8}, "sr_64_256": {"steps": "25"}}'
 [ -f demo/pipeline.json ] || run pack_eval python -m unclip_jax.pipeline pack pipeline --out demo --sampling "$SAMPLING"
@@ -92,7 +95,7 @@ run sample python -m unclip_jax.sample --checkpoint demo --num 4 --out samples -
 run evaluate python -m unclip_jax.evaluate --checkpoint demo --suite all --num 30 \
   --guidance-num 6 --decoder-guidance 1,2,3,5 --prior-guidance 1,2 --out eval --no-progress --resume \
   --update-readme "$REPO/README.md"
-run curves python -m unclip_jax.train.curves clip prior decoder sr --out curves.png
+run curves python -m unclip_jax.train.curves clip rerank_clip prior decoder sr --out curves.png
 
 # Ship it: the evaluated weights, with the recipe, the commit and the evaluation numbers in every stage.json.
 python - "$REPO" <<'PY'
@@ -106,7 +109,8 @@ for line in Path("logs/times.txt").read_text().split("\n"):
     times[name] = times.get(name, 0) + int(seconds)
 commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 results = json.loads(Path("eval/results.json").read_text())
-overrides = {stage: os.environ[f"DEMO_{stage.upper()}_ARGS"].split() for stage in ("clip", "prior", "decoder", "sr")
+overrides = {stage: os.environ[f"DEMO_{stage.upper()}_ARGS"].split()
+             for stage in ("clip", "rerank_clip", "prior", "decoder", "sr")
              if os.environ.get(f"DEMO_{stage.upper()}_ARGS", "").strip()}
 meta = {"recipe": "launch/train_demo.sh (configs/*.py:demo)", "commit": commit, "overrides": overrides,
         "wall_seconds": times, "evaluation": {k: v for k, v in results.items() if k != "meta"}}

@@ -104,9 +104,10 @@ def test_train_demo_passes_each_stages_overrides_to_its_train_command_only(tmp_p
   commands = _demo_calls(tmp_path, {"DEMO_DECODER_ARGS": "--config.train.steps=36000  --config.train.batch_size=64",
                                     "DEMO_CLIP_ARGS": ""})
   trains = {c[c.index("--workdir") + 1]: c for c in commands if c[:2] == ["-m", "unclip_jax.train"]}
-  assert list(trains) == ["clip", "prior", "decoder"]
+  assert list(trains) == ["clip", "rerank_clip", "prior", "decoder"]
+  assert _option(trains["rerank_clip"], "--config").endswith("configs/clip.py:demo_rerank")
   assert trains["decoder"][-2:] == ["--config.train.steps=36000", "--config.train.batch_size=64"]
-  for stage in ("clip", "prior"):  # an empty or unset variable adds nothing, not even an empty argument
+  for stage in ("clip", "rerank_clip", "prior"):  # an empty or unset variable adds nothing, not even an empty argument
     assert trains[stage][-1] == "--no_progress", trains[stage]
   assert not any("--config.train.steps=36000" in c for c in commands if c[:2] != ["-m", "unclip_jax.train"])
 

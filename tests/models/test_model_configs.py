@@ -124,7 +124,7 @@ def test_karlo_presets_equal_diffusers_meta_models():
   assert n_params("upsampler", "karlo_64_256") == numel(sr)
 def test_demo_presets_fit_together_and_in_30_mb():
   """The `demo` stack of launch/train_demo.sh: stages agree on widths and sizes, 64 px out, T = 1000, and
-  every stage's weights (the EMA the pipeline loads) fit in 30 MB as float16."""
+  every stage's weights (the EMA the pipeline loads; the reranking CLIP too) fit in 30 MB as float16."""
   from unclip_jax.models import clip as clip_lib
   from unclip_jax.models.tokenizer import VOCAB_SIZE
 
@@ -132,6 +132,8 @@ def test_demo_presets_fit_together_and_in_30_mb():
   prior, decoder, sr = (load_config(k, "demo") for k in ("prior", "decoder", "upsampler"))
   assert clip.text_width == clip.embed_dim == prior.model.embedding_dim == decoder.model.clip_embeddings_dim
   assert clip.context_length == prior.model.num_embeddings == decoder.model.text_len
+  rerank = load_config("clip", "demo_rerank")  # the pipeline's rerank_clip stage reads the pipeline CLIP's tokens
+  assert rerank.model == clip and rerank.data == load_config("clip", "demo").data and not rerank.train.hard_negatives
   assert clip.image_size == decoder.model.image_size == sr.model.low_res_size == 32 and sr.model.image_size == 64
   assert sr.stage == "sr_64_256" and sr.data.config == "64"
   assert prior.data.name == decoder.data.name == "embedded"  # embedded by this CLIP (tests/test_launchers.py)
@@ -140,6 +142,7 @@ def test_demo_presets_fit_together_and_in_30_mb():
   assert config.vocab_size == VOCAB_SIZE
   counts = {"clip": count(clip_lib.abstract_params(config)),
             **{kind: n_params(kind, "demo") for kind in ("prior", "decoder", "upsampler")}}
+  counts["rerank_clip"] = counts["clip"]
   assert sum(counts.values()) * 2 <= 30e6, counts
   with pytest.raises(ValueError):
     load_config("upsampler", "demo_256_1024")
