@@ -19,7 +19,7 @@ def test_the_packaged_demo_is_small_and_records_its_recipe_commit_and_evaluation
   root = default_pipeline()
   assert sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) <= MAX_BYTES
   info = read_pipeline(root)
-  assert set(info["paths"]) == {"clip", "prior", "decoder", "sr_64_256"}
+  assert set(info["paths"]) == {"clip", "prior", "decoder", "sr_64_256", "rerank_clip"}
   for stage, path in info["paths"].items():
     provenance = json.loads((path / "stage.json").read_text())["provenance"]
     assert "launch/train_demo.sh" in provenance["recipe"], stage
