@@ -60,17 +60,39 @@ def test_one_program_per_call_equals_the_stages_run_one_by_one(pipe_dir):
   assert np.abs(r["images"].astype(int) - big).max() <= 1
 
 
+def _candidates(pipe, embeds, prompts, seeds, decoder_settings, k: int) -> np.ndarray:
+  """Every decoder candidate of each image, drawn by the decoder stage alone (one key per candidate, as the
+  whole program derives them): (B, K, H, W, 3) in [-1, 1]."""
+  import dataclasses
+
+  text = pipe.encode_text(prompts)
+  single = dataclasses.replace(decoder_settings, candidates=1)
+  keys = P.image_keys(seeds)
+  return np.stack([pipe.decode(embeds, text, np.stack([np.asarray(P.candidate_keys(kk, k)[c]) for kk in keys]),
+                               single) for c in range(k)], axis=1)
+
+
+def _candidate_scores(cands, prompts, pipe, clip, config, params) -> np.ndarray:
+  """Each candidate rated outside the program: the cosine of its image embedding by `clip`'s image tower (on
+  [0, 1] pixels at the tower's size) with the caption's embedding by the same CLIP's text tower: (B, K)."""
+  import jax
+
+  from unclip_jax.models import clip_encoder
+
+  b, k = cands.shape[:2]
+  encode = jax.jit(clip_encoder.image_encoder(clip, config))
+  flat = P.upsample_bicubic(cands.reshape((-1,) + cands.shape[2:]), config.image_size)
+  z = np.asarray(encode(params, (np.asarray(flat) + 1) / 2)).reshape(b, k, -1)
+  t = np.asarray(clip_encoder.text_encoder(clip)(params, pipe.tokenize(prompts))[0])
+  z, t = (a / np.linalg.norm(a, axis=-1, keepdims=True) for a in (z, t))
+  return np.einsum("bke,be->bk", z, t)
+
+
 @pytest.mark.slow
 def test_decoder_candidates_keep_the_one_clip_rates_nearest_the_caption(pipe_dir):
   """CLIP reranking: with decoder candidates K, each image is drawn K times (candidate 0 is the image drawn
   without candidates) and the one whose CLIP image embedding has the largest cosine with the caption's text
   embedding is kept; the prior is untouched."""
-  import dataclasses
-
-  import jax
-
-  from unclip_jax.models import clip_encoder
-
   pipe = P.Pipeline.load(pipe_dir, log=lambda m: None)
   plain = pipe.settings()
   k = 3
@@ -81,20 +103,9 @@ def test_decoder_candidates_keep_the_one_clip_rates_nearest_the_caption(pipe_dir
   best = pipe.generate(prompts, seeds, ranked)
   np.testing.assert_array_equal(best["image_embeds"], one["image_embeds"])
 
-  # every candidate drawn by the decoder stage alone, then rated with the CLIP image tower on [0, 1] pixels
-  text = pipe.encode_text(prompts)
-  single = dataclasses.replace(plain["decoder"], candidates=1)
-  keys = P.image_keys(seeds)
-  cands = np.stack([pipe.decode(one["image_embeds"], text, np.stack([np.asarray(P.candidate_keys(kk, k)[c])
-                                                                     for kk in keys]), single)
-                    for c in range(k)], axis=1)  # (B, K, H, W, 3)
+  cands = _candidates(pipe, one["image_embeds"], prompts, seeds, plain["decoder"], k)
   np.testing.assert_allclose(cands[:, 0], one["small"], atol=1e-4)
-  encode = jax.jit(clip_encoder.image_encoder(pipe.clip, pipe.clip_config))
-  flat = P.upsample_bicubic(cands.reshape((-1,) + cands.shape[2:]), pipe.clip_config.image_size)
-  z = np.asarray(encode(pipe.clip_params, (np.asarray(flat) + 1) / 2)).reshape(len(prompts), k, -1)
-  z = z / np.linalg.norm(z, axis=-1, keepdims=True)
-  t = text.embeds / np.linalg.norm(text.embeds, axis=-1, keepdims=True)
-  scores = np.einsum("bke,be->bk", z, t)
+  scores = _candidate_scores(cands, prompts, pipe, pipe.clip, pipe.clip_config, pipe.clip_params)
   assert np.all(np.sort(scores, axis=1)[:, -1] - np.sort(scores, axis=1)[:, -2] > 1e-4)  # no near-ties
   want = cands[np.arange(len(prompts)), scores.argmax(1)]
   np.testing.assert_allclose(best["small"], want, atol=1e-4)
@@ -118,12 +129,6 @@ def _with_reranker(pipe_dir, out, clip_config: dict, seed: int = 1):
 def test_a_rerank_clip_stage_rates_the_decoder_candidates_in_place_of_the_pipeline_clip(pipe_dir, tmp_path):
   """With a `rerank_clip` stage, `generate` keeps the candidate that CLIP's image tower puts nearest the
   caption's embedding by its own text tower; the prior and the candidates drawn are the pipeline's own."""
-  import dataclasses
-
-  import jax
-
-  from unclip_jax.models import clip_encoder
-
   base = P.Pipeline.load(pipe_dir, log=lambda m: None)
   pipe = P.Pipeline.load(_with_reranker(pipe_dir, tmp_path, P.read_pipeline(pipe_dir)["stages"]["clip"]["config"]),
                          log=lambda m: None)
@@ -135,21 +140,9 @@ def test_a_rerank_clip_stage_rates_the_decoder_candidates_in_place_of_the_pipeli
   by_pipeline_clip = base.generate(prompts, seeds, ranked)
   np.testing.assert_array_equal(best["image_embeds"], by_pipeline_clip["image_embeds"])
 
-  text = pipe.encode_text(prompts)
-  single = dataclasses.replace(ranked["decoder"], candidates=1)
-  cands = np.stack([pipe.decode(best["image_embeds"], text, np.stack([np.asarray(P.candidate_keys(kk, k)[c])
-                                                                      for kk in P.image_keys(seeds)]), single)
-                    for c in range(k)], axis=1)  # (B, K, H, W, 3)
-
-  def scores(clip, config, params):
-    encode = jax.jit(clip_encoder.image_encoder(clip, config))
-    flat = P.upsample_bicubic(cands.reshape((-1,) + cands.shape[2:]), config.image_size)
-    z = np.asarray(encode(params, (np.asarray(flat) + 1) / 2)).reshape(len(prompts), k, -1)
-    t = np.asarray(clip_encoder.text_encoder(clip)(params, pipe.tokenize(prompts))[0])
-    z, t = (a / np.linalg.norm(a, axis=-1, keepdims=True) for a in (z, t))
-    return np.einsum("bke,be->bk", z, t)
-  rerank = scores(pipe.rerank_clip, pipe.rerank_config, pipe.rerank_params)
-  own = scores(pipe.clip, pipe.clip_config, pipe.clip_params)
+  cands = _candidates(pipe, best["image_embeds"], prompts, seeds, ranked["decoder"], k)
+  rerank = _candidate_scores(cands, prompts, pipe, pipe.rerank_clip, pipe.rerank_config, pipe.rerank_params)
+  own = _candidate_scores(cands, prompts, pipe, pipe.clip, pipe.clip_config, pipe.clip_params)
   assert np.all(np.diff(np.sort(rerank, axis=1)[:, -2:], axis=1) > 1e-4)  # no near-ties
   rows = np.arange(len(prompts))
   np.testing.assert_allclose(best["small"], cands[rows, rerank.argmax(1)], atol=1e-4)
