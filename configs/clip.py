@@ -69,8 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif name == "demo_rerank":
     data.name, data.config = "shapes", "32"  # the demo CLIP's data
     train.batch_size = 128
-    # 2000 steps, about 15 min on the 2-core Xeon. No hard negatives: a probe (docs/demo.md) found such a CLIP keeps
-    # a right candidate of the demo decoder far more often than the demo CLIP, trained with them, does.
+    # 2000 steps, about 15 min on the 2-core Xeon. No hard negatives: such a CLIP keeps a right candidate of the demo
+    # decoder more often than the demo CLIP, trained with them, does (docs/demo.md, "the reranker's seed").
     train.steps = 2000
     config.optim.update(dict(lr=2e-3, warmup_steps=100, weight_decay=0.0, end_lr_factor=0.05))
     train.log_every = 25
