@@ -5,7 +5,9 @@ FD/KID/precision/recall, CLIP score and R-precision, zero-shot probes, the prior
 
 Without --checkpoint the demo pipeline shipped in the package is evaluated.
 
-Suites: compositional, stages, fd, clip_score, zeroshot, prior, guidance, all. Writes DIR/results.json,
+Suites: compositional, stages, fd, clip_score, zeroshot, prior, guidance, all (those seven), and candidates
+(every decoder candidate graded: how well the pipeline's rater, and any --rerank-clip, picks among them;
+its drawings kept in DIR/candidates.npz for a later run to rate again). Writes DIR/results.json,
 DIR/results.md (one markdown table), sample grids per compositional task and stages row (DIR/grids/) and, for guidance,
 DIR/guidance.png; the results files are rewritten after each suite (`meta.pending` lists those still to run), and
 --resume keeps the suites a stopped run of the same command already wrote there.
@@ -25,7 +27,7 @@ from typing import Sequence
 from unclip_jax import xla_flags
 from unclip_jax.errors import ArgumentParser, UserError, check_writable, run_cli
 
-SUITE_CHOICES = ("compositional", "stages", "fd", "clip_score", "zeroshot", "prior", "guidance", "all")
+SUITE_CHOICES = ("compositional", "stages", "fd", "clip_score", "zeroshot", "prior", "guidance", "all", "candidates")
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -77,6 +79,9 @@ def parse(argv: Sequence[str]):
   p.add_argument("--decoder-candidates", type=int, default=None,
                  help="decoder images per output, the one the pipeline's CLIP rates nearest the caption kept "
                       "(default: the pipeline's; 1 grades without CLIP reranking)")
+  p.add_argument("--rerank-clip", action="append", default=[], metavar="DIR",
+                 help="candidates suite: a CLIP stage folder that rates the candidates beside the pipeline's rater "
+                      "(repeatable)")
   p.add_argument("--no-extra-zeroshot", action="store_true", help="zeroshot suite: skip fashion_mnist and emoji")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
   p.add_argument("--resume", action="store_true",
@@ -92,6 +97,8 @@ def parse(argv: Sequence[str]):
   for what in ("guidance_num", "feature_steps", "eval_clip_steps", "prior_candidates", "decoder_candidates"):
     if getattr(args, what) is not None:
       _positive(getattr(args, what), f"--{what.replace('_', '-')}")
+  if args.rerank_clip and args.suite != "candidates":
+    raise UserError("--rerank-clip rates decoder candidates: it applies to --suite candidates only")
   if not 0 <= args.seed < 2 ** 31:
     raise UserError(f"--seed must lie in [0, 2**31), got {args.seed}")
   return args
@@ -104,7 +111,7 @@ def options(args):
               decoder_guidance=_floats(args.decoder_guidance, "--decoder-guidance"),
               prior_guidance=_floats(args.prior_guidance, "--prior-guidance"), guidance_num=args.guidance_num,
               train_ref=args.train_ref, dataset_seed=args.dataset_seed, zeroshot_extra=not args.no_extra_zeroshot,
-              progress=not args.no_progress)
+              progress=not args.no_progress, raters=tuple(args.rerank_clip))
   if args.cache:
     o.cache_dir = Path(args.cache)
   if args.feature_steps:
@@ -176,9 +183,12 @@ def main(argv: Sequence[str]) -> int:
   pipeline = read_pipeline(args.checkpoint)  # a clear error before anything slow
   if args.eval_clip:
     read_stage(args.eval_clip, kind="clip")
+  for folder in args.rerank_clip:
+    read_stage(folder, kind="clip")
   out = Path(args.out or f"eval-{args.suite}")
   check_writable(out, "--out", folder=True)
   key = fingerprint(args, pipeline)
+  opts.draws_dir, opts.pipeline_digest = out, key["pipeline"]
   done, done_seconds = finished_suites(out, key) if args.resume else ({}, {})
 
   from unclip_jax.eval.context import Context
@@ -191,6 +201,10 @@ def main(argv: Sequence[str]) -> int:
     opts.overrides.update({stage: {"steps": args.sr_steps} for stage in pipe.sampling if stage.startswith("sr_")})
   ctx = Context(pipe, opts, log)
   settings = ctx.settings()  # bad --decoder-steps / --prior-steps / --sr-steps fail here, before any work
+  if args.suite == "candidates":
+    from unclip_jax.eval import candidates
+
+    candidates.check(settings)
   suites = SUITES if args.suite == "all" else (args.suite,)
   results = {name: done[name] for name in suites if name in done}
   timings = {name: done_seconds[name] for name in results if name in done_seconds}

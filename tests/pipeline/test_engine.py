@@ -8,6 +8,7 @@ import pytest
 from unclip_jax import images as image_io
 from unclip_jax import pipeline as P
 from unclip_jax.errors import UserError
+from unclip_jax.pipeline import candidates
 
 
 def test_last_upsampler_step_uses_the_last_model():
@@ -60,18 +61,6 @@ def test_one_program_per_call_equals_the_stages_run_one_by_one(pipe_dir):
   assert np.abs(r["images"].astype(int) - big).max() <= 1
 
 
-def _candidates(pipe, embeds, prompts, seeds, decoder_settings, k: int) -> np.ndarray:
-  """Every decoder candidate of each image, drawn by the decoder stage alone (one key per candidate, as the
-  whole program derives them): (B, K, H, W, 3) in [-1, 1]."""
-  import dataclasses
-
-  text = pipe.encode_text(prompts)
-  single = dataclasses.replace(decoder_settings, candidates=1)
-  keys = P.image_keys(seeds)
-  return np.stack([pipe.decode(embeds, text, np.stack([np.asarray(P.candidate_keys(kk, k)[c]) for kk in keys]),
-                               single) for c in range(k)], axis=1)
-
-
 def _candidate_scores(cands, prompts, pipe, clip, config, params) -> np.ndarray:
   """Each candidate rated outside the program: the cosine of its image embedding by `clip`'s image tower (on
   [0, 1] pixels at the tower's size) with the caption's embedding by the same CLIP's text tower: (B, K)."""
@@ -103,9 +92,12 @@ def test_decoder_candidates_keep_the_one_clip_rates_nearest_the_caption(pipe_dir
   best = pipe.generate(prompts, seeds, ranked)
   np.testing.assert_array_equal(best["image_embeds"], one["image_embeds"])
 
-  cands = _candidates(pipe, one["image_embeds"], prompts, seeds, plain["decoder"], k)
+  drawn = candidates.draw(pipe, prompts, seeds, ranked, k)
+  np.testing.assert_allclose(drawn["image_embeds"], one["image_embeds"], atol=1e-5)
+  cands = drawn["small"]
   np.testing.assert_allclose(cands[:, 0], one["small"], atol=1e-4)
   scores = _candidate_scores(cands, prompts, pipe, pipe.clip, pipe.clip_config, pipe.clip_params)
+  np.testing.assert_allclose(candidates.Rater.of_pipeline(pipe).scores(cands, prompts, rows=2), scores, atol=1e-5)
   assert np.all(np.sort(scores, axis=1)[:, -1] - np.sort(scores, axis=1)[:, -2] > 1e-4)  # no near-ties
   want = cands[np.arange(len(prompts)), scores.argmax(1)]
   np.testing.assert_allclose(best["small"], want, atol=1e-4)
@@ -140,9 +132,11 @@ def test_a_rerank_clip_stage_rates_the_decoder_candidates_in_place_of_the_pipeli
   by_pipeline_clip = base.generate(prompts, seeds, ranked)
   np.testing.assert_array_equal(best["image_embeds"], by_pipeline_clip["image_embeds"])
 
-  cands = _candidates(pipe, best["image_embeds"], prompts, seeds, ranked["decoder"], k)
+  cands = candidates.draw(pipe, prompts, seeds, ranked, k)["small"]
   rerank = _candidate_scores(cands, prompts, pipe, pipe.rerank_clip, pipe.rerank_config, pipe.rerank_params)
   own = _candidate_scores(cands, prompts, pipe, pipe.clip, pipe.clip_config, pipe.clip_params)
+  for rater, want in ((candidates.Rater.of_pipeline(pipe), rerank), (candidates.Rater.of_pipeline(pipe, True), own)):
+    np.testing.assert_allclose(rater.scores(cands, prompts), want, atol=1e-5)
   assert np.all(np.diff(np.sort(rerank, axis=1)[:, -2:], axis=1) > 1e-4)  # no near-ties
   rows = np.arange(len(prompts))
   np.testing.assert_allclose(best["small"], cands[rows, rerank.argmax(1)], atol=1e-4)

@@ -41,6 +41,9 @@ class Options:
   overrides: dict = dataclasses.field(default_factory=dict)  # sampling settings for every suite but guidance
   zeroshot_extra: bool = True  # also fashion_mnist and emoji probes, when their data is installed
   progress: bool = True
+  raters: tuple[str, ...] = ()  # candidates suite: CLIP stage folders that rate the candidates beside the pipeline's
+  draws_dir: Path | None = None  # where a suite may keep its drawings for a later run (evaluate's --out)
+  pipeline_digest: str = ""  # the pipeline's weights and sampling (evaluate's fingerprint); "" reuses no drawings
 
 
 class Context:

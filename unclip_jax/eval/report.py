@@ -160,6 +160,9 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                       ("retrieval_top1_text", "  baseline: by text embedding")):
       out.append(("prior", name, _f(s[key]["top1"]), _f(h[key]["top1"]), f"among {s[key]['pool']}, chance "
                   f"{1 / max(s[key]['pool'], 1):.2f}"))
+  cd = results.get("candidates")
+  if cd:
+    out += _candidate_rows(cd)
   gd = results.get("guidance")
   if gd:
     for pt in gd["points"]:
@@ -168,6 +171,28 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                   f"{_f(pt['fd'])} / {pt['compositional_accuracy']['rate']:.2f} / {_f(pt['clip_score'])}", "",
                   f"real: accuracy {gd['real_compositional_accuracy']['rate']:.2f}, "
                   f"CLIP score {_f(gd['real_clip_score'])}"))
+  return out
+
+
+def _candidate_rows(cd: dict) -> list[tuple[str, str, str, str, str]]:
+  k, used = cd["k"], cd["used_by_pipeline"]
+  out = []
+  for task, cells in cd["tasks"].items():
+    s, h = cells["seen"], cells["heldout"]
+    out.append(("candidates", f"{task}: some candidate right", _p(s["any_right"]), _p(h["any_right"]),
+                f"of {k}; candidate 0 (no reranking) {_p(s['first_right'])} / {_p(h['first_right'])}"))
+    for name in cd["raters"]:
+      rs, rh = s["raters"][name], h["raters"][name]
+      auc = " / ".join("n/a" if r["auc"] is None else f"{r['auc']:.2f}" for r in (rs, rh))
+      out.append(("candidates", f"{task}: {name}{' (used)' if name == used else ''} picks a right one",
+                  _p(rs["pick"]), _p(rh["pick"]), f"AUC {auc}; random pick {s['random_pick']:.2f} / "
+                  f"{h['random_pick']:.2f}"))
+  seen, held = cd["overall"]["seen"], cd["overall"]["heldout"]
+  out.append(("candidates", f"mean over {', '.join(cd['tasks'])}: some candidate right", _f(seen["any_right"]),
+              _f(held["any_right"]), f"{cd['num_per_cell']} prompts per cell, {k} candidates each"))
+  for name in cd["raters"]:
+    out.append(("candidates", f"mean: {name} picks a right one", _f(seen["pick"][name]), _f(held["pick"][name]),
+                f"candidate 0 {_f(seen['first_right'])} / {_f(held['first_right'])}"))
   return out
 
 
@@ -192,18 +217,18 @@ def _json_default(o):
 
 
 def write(results: dict, out: str | Path, meta: dict) -> dict[str, Path]:
-  """Writes results.json, results.md, the compositional and stages grids and the guidance plot; returns the paths."""
+  """Writes results.json, results.md, the suites' grids and the guidance plot; returns the paths."""
   from unclip_jax.eval.guidance import plot
   from unclip_jax.eval.images import framed_grid
   from unclip_jax.images import save_png
 
   out = Path(out)
   paths = {}
-  grids = {f"{suite}_{name}": grid for suite in ("compositional", "stages")
+  grids = {f"{suite}_{name}": grid for suite in ("compositional", "stages", "candidates")
            for name, grid in results.get(suite, {}).pop("_grids", {}).items()}
-  for name, (images, ok, captions) in grids.items():
+  for name, (images, ok, captions, *columns) in grids.items():  # (images, passed, captions[, columns])
     path = out / "grids" / f"{name}.png"
-    save_png(path, framed_grid(images, ok))
+    save_png(path, framed_grid(images, ok, *columns))
     listing = "".join(f"{'PASS' if o else 'fail'}  {c}\n" for o, c in zip(ok, captions))
     write_text_atomic(path.with_suffix(".txt"), listing)
     paths[f"grid_{name}"] = path

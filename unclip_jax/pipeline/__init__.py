@@ -6,6 +6,7 @@
     programs.py        the traced pieces (prior, decoder, inversion, upsamplers) and the whole-call program
     runner.py          sharding over the local devices, the compile cache, timings
     engine.py          `Pipeline`
+    candidates.py      every decoder candidate drawn one by one, and rated as the program rates them
     __main__.py        python -m unclip_jax.pipeline init-random | assemble
 """
 

@@ -1,0 +1,129 @@
+"""The candidates suite: every decoder candidate graded, each rater's pick read off. Its pipeline-rater pick
+must be the image the compositional suite grades, its rates must follow from the grades, and its drawings
+must be rated again, not redrawn, by a later run into the same folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from unclip_jax import evaluate
+from unclip_jax.errors import run_cli
+from unclip_jax.eval import candidates, compositional
+
+
+def test_auc_and_cell_rates_follow_from_the_grades():
+  passes = np.array([[1, 0, 0], [0, 0, 0], [1, 1, 0], [1, 1, 1]], bool)
+  scores = np.array([[0.9, 0.1, 0.2], [0.3, 0.2, 0.1], [0.1, 0.5, 0.5], [0.4, 0.1, 0.2]])
+  value, n = candidates.auc(passes, scores)
+  # prompt 0: the right one above both wrong (1.0); prompt 2: right 0.1 < 0.5 (0), right 0.5 ties 0.5 (0.5)
+  assert n == 2 and value == pytest.approx((1.0 + 0.25) / 2)
+  cell = candidates.summarize(passes, {"a": scores, "b": -scores})
+  assert cell["any_right"]["k"] == 3 and cell["first_right"]["k"] == 3
+  assert cell["random_pick"] == pytest.approx(6 / 12)
+  assert cell["raters"]["a"]["pick"]["k"] == 3  # rows 0, 2 (0.5 at index 1) and 3
+  assert cell["raters"]["b"]["pick"]["k"] == 2  # rows 2 (its first, rated highest here) and 3 (all right)
+  assert candidates.auc(passes[1:2], scores[1:2]) == (None, 0)
+
+
+@pytest.mark.slow
+def test_the_drawings_hold_what_generate_draws_and_keeps(pipe_dir):
+  """Candidate 0 is the image drawn without candidates, and the pipeline rater's favourite is the image
+  `generate` keeps, at the decoder's size and after upsampling; prompts in batches with the last one padded."""
+  from unclip_jax.eval.context import Context, Options
+  from unclip_jax.pipeline import Pipeline
+  from unclip_jax.pipeline.candidates import Rater
+
+  pipe = Pipeline.load(pipe_dir, log=lambda m: None)
+  ctx = Context(pipe, Options(batch=4, progress=False, overrides={
+      "decoder": {"steps": "2", "candidates": 3}, "prior": {"steps": "2"}, "sr_64_256": {"steps": "1"}}))
+  captions = ["a red square", "a blue circle", "two green triangles", "a red circle", "a yellow square",
+              "a purple triangle"]
+  seeds = [11, 12, 13, 14, 15, 16]
+  small, final, passes = candidates.draw_all(ctx, captions, seeds, 3)
+  assert small.shape[:2] == final.shape[:2] == passes.shape == (6, 3)
+  pick = Rater.of_pipeline(pipe).scores(small, captions).argmax(1)
+  assert (pick != 0).any() and (pick == 0).any()  # both branches of the comparison below are exercised
+  rows = np.arange(len(captions))
+  kept = pipe.generate(captions, seeds, ctx.settings(), batch=4)
+  np.testing.assert_allclose(small[rows, pick], kept["small"], atol=1e-4)
+  assert np.abs(final[rows, pick].astype(int) - kept["images"]).max() <= 1
+  plain = pipe.generate(captions, seeds, ctx.settings({"decoder": {"candidates": 1}}), batch=4)
+  np.testing.assert_allclose(small[:, 0], plain["small"], atol=1e-4)
+  assert np.abs(small[:, 1] - small[:, 0]).max() > 0.1  # the candidates differ: the comparisons can fail
+
+
+def _run(argv, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    run_cli(evaluate.main, [str(a) for a in argv])
+  captured = capsys.readouterr()
+  return exit_info.value.code, captured.out, captured.err
+
+
+def _redder_than_green(images, captions):
+  """A stand-in detector that random weights pass about half the time (the real one passes no noise)."""
+  means = np.asarray(images, np.float64).mean(axis=(1, 2))
+  return [{"pass": bool(m[0] > m[1]), "clean": True, "objects": True, "relation_dataset": True,
+           "negated_present": False} for m in means]
+
+
+@pytest.mark.slow
+def test_the_pipeline_raters_pick_is_what_the_compositional_suite_grades(pipe_dir, tmp_path, capsys, monkeypatch):
+  from unclip_jax.pipeline import read_pipeline
+
+  monkeypatch.setattr(compositional, "grade", _redder_than_green)
+  own_clip = read_pipeline(pipe_dir)["paths"]["clip"]
+  common = ["--checkpoint", pipe_dir, "--num", 3, "--seed", 2, "--batch", 4, "--decoder-candidates", 3,
+            "--decoder-steps", 2, "--prior-steps", 2, "--sr-steps", 1, "--no-progress"]
+  code, stdout, err = _run([*common, "--suite", "candidates", "--out", tmp_path / "cand", "--rerank-clip", own_clip],
+                           capsys)
+  assert code == 0, err
+  got = json.loads((tmp_path / "cand" / "results.json").read_text())["candidates"]
+  used = got["used_by_pipeline"]
+  assert got["k"] == 3 and got["raters"] == [used, str(own_clip)]
+  code, _, err = _run([*common, "--suite", "compositional", "--out", tmp_path / "comp"], capsys)
+  assert code == 0, err
+  comp = json.loads((tmp_path / "comp" / "results.json").read_text())["compositional"]["tasks"]
+  plain = [*common[:common.index("--decoder-candidates")], *common[common.index("--decoder-candidates") + 2:]]
+  code, _, err = _run([*plain, "--decoder-candidates", 1, "--suite", "compositional", "--out", tmp_path / "c1"], capsys)
+  assert code == 0, err
+  first = json.loads((tmp_path / "c1" / "results.json").read_text())["compositional"]["tasks"]
+  picks, anys = [], []
+  for task in candidates.TASKS:
+    for split in ("seen", "heldout"):
+      cell = got["tasks"][task][split]
+      pick = cell["raters"][used]["pick"]
+      assert pick["k"] == comp[task][split]["accuracy"]["k"], (task, split)  # the image generate keeps
+      assert cell["first_right"]["k"] == first[task][split]["accuracy"]["k"], (task, split)  # drawn without K
+      assert cell["raters"][str(own_clip)] == cell["raters"][used]  # the same CLIP from its folder rates alike
+      assert cell["first_right"]["k"] <= cell["any_right"]["k"] and pick["k"] <= cell["any_right"]["k"]
+      picks.append(pick["k"])
+      anys.append(cell["any_right"]["k"])
+  assert 0 < sum(picks) < 24 and 0 < sum(anys)  # the grades vary: the comparison can fail
+  table = (tmp_path / "cand" / "results.md").read_text()
+  assert "| candidates | single: some candidate right |" in table and f"{used} (used) picks a right one" in table
+  grid = (tmp_path / "cand" / "grids" / "candidates_single_heldout.txt").read_text().splitlines()
+  assert len(grid) == 9 and sum("kept]" in line for line in grid) == 3
+
+  # into the same folder again, without the extra rater: the drawings are rated, not drawn
+  saved = (tmp_path / "cand" / "candidates.npz").stat().st_mtime_ns
+  monkeypatch.setattr(candidates, "draw_all", lambda *a: pytest.fail("drew again"))
+  code, _, err = _run([*common, "--suite", "candidates", "--out", tmp_path / "cand"], capsys)
+  assert code == 0 and "rated again" in err, err
+  again = json.loads((tmp_path / "cand" / "results.json").read_text())["candidates"]
+  assert again["raters"] == [used] and again["tasks"]["single"]["seen"]["raters"][used] == \
+      got["tasks"]["single"]["seen"]["raters"][used]
+  assert (tmp_path / "cand" / "candidates.npz").stat().st_mtime_ns == saved
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--suite", "candidates"], "--decoder-candidates K"),
+    (["--suite", "compositional", "--rerank-clip", "x"], "--suite candidates only"),
+    (["--suite", "candidates", "--decoder-candidates", "2", "--rerank-clip", "no_such_folder"], "does not exist"),
+])
+def test_bad_candidates_input_is_one_error_line(pipe_dir, tmp_path, capsys, args, words):
+  code, out, err = _run(["--checkpoint", pipe_dir, "--out", tmp_path / "out", *args], capsys)
+  assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1 and words in err, err
+  assert not (tmp_path / "out" / "results.json").exists()
