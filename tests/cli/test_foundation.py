@@ -75,6 +75,9 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
   target = tmp_path / "sub" / "result.json"
   io.write_text_atomic(target, json.dumps({"a": 1}))
   assert json.loads(target.read_text()) == {"a": 1}
+  mask = os.umask(0)
+  os.umask(mask)
+  assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # as `open` makes it, not mkstemp's private 0600
 
   with pytest.raises(TypeError):
     io.write_bytes_atomic(target, "not bytes")  # fails mid-write
