@@ -84,10 +84,12 @@ def draws_key(ctx, settings: dict, k: int) -> str:
 
 
 def draw_all(ctx, captions: list[str], seeds: list[int], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(candidates at the decoder's size in [-1, 1] (N, K, h, w, 3), final uint8 (N, K, S, S, 3), passes
-  (N, K)): `ctx.options.batch` prompts at a time, the last batch padded, so each stage compiles once."""
+  """(candidates at the decoder's size in [-1, 1] (N, K, h, w, 3), final uint8 images at the detector's 64 px
+  (N, K, 64, 64, 3), passes (N, K)): `ctx.options.batch` prompts at a time, the last batch padded, so each
+  stage compiles once; finals are kept at 64 px (what the detector grades), so 1024 px outputs fit in memory."""
   from tqdm.auto import tqdm
 
+  from unclip_jax.eval.images import resize
   from unclip_jax.images import to_uint8
   from unclip_jax.pipeline import candidates
 
@@ -100,7 +102,9 @@ def draw_all(ctx, captions: list[str], seeds: list[int], k: int) -> tuple[np.nda
     p, s = p + [p[-1]] * (b - n), s + [s[-1]] * (b - n)
     drawn = candidates.draw(pipe, p, s, settings, k)
     small.append(drawn["small"][:n])
-    final.append(to_uint8(candidates.upsample(pipe, drawn["small"], drawn["keys"], settings)[:n]))
+    up = to_uint8(candidates.upsample(pipe, drawn["small"], drawn["keys"], settings)[:n])
+    at_64 = resize(up.reshape((-1,) + up.shape[2:]), prompts.IMAGE_SIZE)
+    final.append(at_64.reshape((n, k) + at_64.shape[1:]))
     bar.update(n)
   bar.close()
   small, final = np.concatenate(small), np.concatenate(final)
