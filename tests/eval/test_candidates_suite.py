@@ -106,6 +106,13 @@ def test_the_pipeline_raters_pick_is_what_the_compositional_suite_grades(pipe_di
   assert "| candidates | single: some candidate right |" in table and f"{used} (used) picks a right one" in table
   grid = (tmp_path / "cand" / "grids" / "candidates_single_heldout.txt").read_text().splitlines()
   assert len(grid) == 9 and sum("kept]" in line for line in grid) == 3
+  from PIL import Image
+
+  from unclip_jax.eval.images import MARK
+  png = np.asarray(Image.open(tmp_path / "cand" / "grids" / "candidates_single_heldout.png").convert("RGB"))
+  side = (png.shape[1] - 2) // 3  # 3 columns of framed tiles, each followed by the grid's 2 px gap
+  tops = [tuple(png[2 + r * side, 2 + c * side + side // 2]) for r in range(3) for c in range(3)]
+  assert [t == MARK for t in tops] == ["kept]" in line for line in grid]  # the kept one's frame has a blue top
 
   # into the same folder again, without the extra rater: the drawings are rated, not drawn
   saved = (tmp_path / "cand" / "candidates.npz").stat().st_mtime_ns

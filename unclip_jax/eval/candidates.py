@@ -135,12 +135,14 @@ def _save(path, key: str, small: np.ndarray, passes: np.ndarray, captions: list[
 
 
 def grid(final: np.ndarray, passes: np.ndarray, captions: list[str], scores: np.ndarray) -> tuple:
-  """(images, passed, labels, columns) of the first prompts' candidates, one prompt per row of K, each
-  label naming the candidate and whether the pipeline's rater keeps it (`report.write` draws it)."""
-  rows, k = max(1, 32 // final.shape[1]), final.shape[1]
-  labels = [f"{captions[i]}  [candidate {j}{', kept' if j == scores[i].argmax() else ''}]"
-            for i in range(min(rows, len(captions))) for j in range(k)]
-  return final[:rows].reshape((-1,) + final.shape[2:]), passes[:rows].reshape(-1).tolist(), labels, k
+  """(images, passed, labels, layout) of the first prompts' candidates, one prompt per row of K, the one the
+  pipeline's rater keeps marked (a blue top edge) and named in its label (`report.write` draws it)."""
+  rows, k = min(max(1, 32 // final.shape[1]), len(captions)), final.shape[1]
+  kept = [j == scores[i].argmax() for i in range(rows) for j in range(k)]
+  labels = [f"{captions[i]}  [candidate {j}{', kept' if kept[i * k + j] else ''}]"
+            for i in range(rows) for j in range(k)]
+  return (final[:rows].reshape((-1,) + final.shape[2:]), passes[:rows].reshape(-1).tolist(), labels,
+          {"columns": k, "marked": kept})
 
 
 def raters(ctx) -> list:

@@ -19,8 +19,13 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
   return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR)) for im in images])
 
 
-def framed_grid(images: np.ndarray, ok: list[bool] | None = None, columns: int = 8, frame: int = 2) -> np.ndarray:
-  """A grid of uint8 images, each framed green (passed) or red (failed) when `ok` is given."""
+MARK = (30, 110, 255)  # framed_grid's `marked` edge
+
+
+def framed_grid(images: np.ndarray, ok: list[bool] | None = None, columns: int = 8, frame: int = 2,
+                marked: list[bool] | None = None) -> np.ndarray:
+  """A grid of uint8 images, each framed green (passed) or red (failed) when `ok` is given; the `marked`
+  ones (such as the candidate a pipeline keeps) with the top edge of their frame blue."""
   from unclip_jax.images import make_grid
 
   images = np.asarray(images, np.uint8)
@@ -28,6 +33,8 @@ def framed_grid(images: np.ndarray, ok: list[bool] | None = None, columns: int =
     colors = np.array([(40, 200, 60) if o else (220, 30, 30) for o in ok], np.uint8)
     padded = np.empty((len(images), images.shape[1] + 2 * frame, images.shape[2] + 2 * frame, 3), np.uint8)
     padded[:] = colors[:, None, None, :]
+    if marked is not None:
+      padded[np.asarray(marked, bool), :frame] = MARK
     padded[:, frame:-frame, frame:-frame] = images
     images = padded
   return make_grid(images, columns=min(columns, len(images)))

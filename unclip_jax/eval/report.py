@@ -226,9 +226,9 @@ def write(results: dict, out: str | Path, meta: dict) -> dict[str, Path]:
   paths = {}
   grids = {f"{suite}_{name}": grid for suite in ("compositional", "stages", "candidates")
            for name, grid in results.get(suite, {}).pop("_grids", {}).items()}
-  for name, (images, ok, captions, *columns) in grids.items():  # (images, passed, captions[, columns])
+  for name, (images, ok, captions, *layout) in grids.items():  # (images, passed, captions[, framed_grid options])
     path = out / "grids" / f"{name}.png"
-    save_png(path, framed_grid(images, ok, *columns))
+    save_png(path, framed_grid(images, ok, **(layout[0] if layout else {})))
     listing = "".join(f"{'PASS' if o else 'fail'}  {c}\n" for o, c in zip(ok, captions))
     write_text_atomic(path.with_suffix(".txt"), listing)
     paths[f"grid_{name}"] = path
