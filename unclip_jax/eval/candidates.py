@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 
 import numpy as np
 
@@ -85,29 +86,27 @@ def draws_key(ctx, settings: dict, k: int) -> str:
 
 def draw_all(ctx, captions: list[str], seeds: list[int], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(candidates at the decoder's size in [-1, 1] (N, K, h, w, 3), final uint8 images at the detector's 64 px
-  (N, K, 64, 64, 3), passes (N, K)): `ctx.options.batch` prompts at a time, the last batch padded, so each
-  stage compiles once; finals are kept at 64 px (what the detector grades), so 1024 px outputs fit in memory."""
+  (N, K, 64, 64, 3), passes (N, K)): `ctx.options.batch` prompts at a time (`ctx.chunked`); finals are kept at
+  64 px (what the detector grades), so 1024 px outputs fit in memory."""
   from tqdm.auto import tqdm
 
   from unclip_jax.eval.images import resize
   from unclip_jax.images import to_uint8
   from unclip_jax.pipeline import candidates
 
-  settings, b, pipe = ctx.settings(), ctx.options.batch, ctx.pipe
-  small, final = [], []
-  bar = tqdm(total=len(captions), desc="candidates", unit="prompt", leave=False, disable=not ctx.options.progress)
-  for lo in range(0, len(captions), b):
-    p, s = captions[lo:lo + b], seeds[lo:lo + b]
-    n = len(p)
-    p, s = p + [p[-1]] * (b - n), s + [s[-1]] * (b - n)
+  settings, pipe = ctx.settings(), ctx.pipe
+  bar = tqdm(total=math.ceil(len(captions) / ctx.options.batch), desc="candidates", unit="batch", leave=False,
+             disable=not ctx.options.progress)
+
+  def chunk(p, s):
     drawn = candidates.draw(pipe, p, s, settings, k)
-    small.append(drawn["small"][:n])
-    up = to_uint8(candidates.upsample(pipe, drawn["small"], drawn["keys"], settings)[:n])
+    up = to_uint8(candidates.upsample(pipe, drawn["small"], drawn["keys"], settings))
     at_64 = resize(up.reshape((-1,) + up.shape[2:]), prompts.IMAGE_SIZE)
-    final.append(at_64.reshape((n, k) + at_64.shape[1:]))
-    bar.update(n)
+    bar.update(1)
+    return drawn["small"], at_64.reshape((len(p), k) + at_64.shape[1:])
+  parts, n = ctx.chunked(chunk, captions, seeds)  # the last batch padded: each stage compiles once
   bar.close()
-  small, final = np.concatenate(small), np.concatenate(final)
+  small, final = (np.concatenate([part[i] for part in parts])[:n] for i in (0, 1))
   flat = compositional.grade(final.reshape((-1,) + final.shape[2:]), [c for c in captions for _ in range(k)])
   passes = np.array([c["pass"] for c in flat], bool).reshape(len(captions), k)
   return small, final, passes

@@ -64,17 +64,14 @@ class Rater:
     from unclip_jax.checkpoint import read_stage
     from unclip_jax.errors import UserError
     from unclip_jax.models import clip as clip_model
+    from unclip_jax.models.clip_encoder import read_clip_config
     from unclip_jax.models.tokenizer import Tokenizer
     from unclip_jax.pipeline.folder import load_stage_tree
 
-    meta = read_stage(folder, kind="clip")
-    try:
-      config = clip_model.CLIPConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as e:
-      raise UserError(f"{folder}/stage.json has an invalid clip config ({type(e).__name__}: {e})") from None
+    config = read_clip_config(folder)
     if not config.image_tower:
       raise UserError(f"{folder} is a text encoder only; rating images needs a CLIP with an image tower")
-    params, _ = load_stage_tree(Path(folder), "clip", meta, ema=True, log=log)
+    params, _ = load_stage_tree(Path(folder), "clip", read_stage(folder, kind="clip"), ema=True, log=log)
     tokenizer = Tokenizer(context_length=config.context_length)
     return cls(str(folder), clip_model.CLIP(config), config, params,
                lambda captions: tokenizer(list(captions), config.context_length))
