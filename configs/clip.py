@@ -43,8 +43,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # NegCLIP's word-order negatives, so that the embeddings keep relations, colour binding and counts.
   # image_hard_negatives (needs 'relation' above): a flipped relation's picture, the image mirrored across the
   # relation's axis, as a wrong image for the caption, so that the image tower has to encode placement.
+  # near_misses (shapes data only): '' | comma-separated kinds of `unclip_jax.data.near_misses` (color, shape,
+  # count): each scene drawn again with one thing wrong, which its caption must score below the scene.
   config.train = train = train_config(32768, 100_000, loss="softmax", max_logit_scale=math.log(100.0),
-                                      hard_negatives="", image_hard_negatives=False)
+                                      hard_negatives="", image_hard_negatives=False, near_misses="")
   # The user's own image + caption folders or webdataset shards (`prepare image_text --name ...`).
   config.data = data = data_config("image_text", "", image_size=config.model.image_size)
 

@@ -127,7 +127,10 @@ def _negatives_problem(seed=2):
 
 def _numpy_losses(img, txt, neg, valid, scale, bias):
   """NegCLIP's losses written out in float64: images score against all captions plus the valid negatives."""
-  unit = lambda x: np.asarray(x, np.float64) / np.linalg.norm(np.asarray(x, np.float64), axis=-1, keepdims=True)  # noqa: E731
+  def unit(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
   img, txt, neg, valid = unit(img), unit(txt), unit(neg), np.asarray(valid)
   n = len(img)
   per_image = np.concatenate([scale * img @ txt.T, scale * img @ neg[valid].T], axis=1)
@@ -212,3 +215,33 @@ def test_flipped_image_loss_rewards_telling_an_image_from_its_mirror_and_shards_
   step = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("d"),) * 5, out_specs=(P(), P("d"))))
   loss, grad = step(shard(img), shard(mir), shard(txt), shard(neg), shard(valid))
   assert _rel_err(loss, ref_loss) <= 1e-6 and _rel_err(grad, ref_grad) <= 1e-5
+
+
+def test_near_miss_loss_is_the_mean_logistic_preference_over_valid_rows_and_shards_like_one_device():
+  k = jax.random.split(jax.random.key(8), 4)
+  img, near, txt = (jax.random.normal(k[i], (GLOBAL, DIM)) for i in range(3))
+  valid = jax.random.bernoulli(k[3], 0.6, (GLOBAL,)).at[0].set(True)
+  scale = jnp.array(math.log(10.0))
+  loss, accuracy = contrastive.near_miss_loss(img, near, txt, scale, valid)
+  def unit(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+  own, missed = (np.sum(unit(txt) * unit(x), -1) for x in (img, near))
+  v = np.asarray(valid)
+  expected = np.mean(np.logaddexp(0.0, 10.0 * (missed - own))[v])
+  assert _rel_err(loss, expected) <= 1e-5 and float(accuracy) == pytest.approx(np.mean((own > missed)[v]))
+  # Captions that are their image's own embedding always win; rows without a near miss count for nothing.
+  assert float(contrastive.near_miss_loss(img, near, img, scale, valid)[1]) == 1.0
+  garbage = jnp.where(valid[:, None], near, -100.0 * txt)
+  assert _rel_err(contrastive.near_miss_loss(img, garbage, txt, scale, valid)[0], loss) <= 1e-6
+  ref_loss, ref_grad = jax.value_and_grad(lambda a: contrastive.near_miss_loss(a, near, txt, scale, valid)[0])(img)
+  mesh = jax.make_mesh((N_DEV,), ("d",))
+  shard = lambda x: jax.device_put(x, NamedSharding(mesh, P("d")))  # noqa: E731
+
+  def per_device(a, m, t, v):
+    return jax.value_and_grad(lambda a: contrastive.near_miss_loss(a, m, t, scale, v, "d")[0])(a)
+
+  step = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("d"),) * 4, out_specs=(P(), P("d"))))
+  sharded_loss, grad = step(shard(img), shard(near), shard(txt), shard(valid))
+  assert _rel_err(sharded_loss, ref_loss) <= 1e-6 and _rel_err(grad, ref_grad) <= 1e-5

@@ -92,9 +92,12 @@ def _relation_holds(relation: str, a, b) -> bool:
   return {"left of": a[2] < b[0], "right of": a[0] > b[2], "above": a[3] < b[1], "below": a[1] > b[3]}[relation]
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: str, box, color):
+def _draw(draw: ImageDraw.ImageDraw, shape, box, color):
+  """One object: a palette shape filling `box`, or, where `shape` is a list of (x, y) points, that polygon."""
   x0, y0, x1, y1 = box  # inclusive pixel bounds
-  if shape == "circle":
+  if not isinstance(shape, str):
+    draw.polygon([tuple(map(float, p)) for p in shape], fill=color)
+  elif shape == "circle":
     draw.ellipse((x0, y0, x1, y1), fill=color)
   elif shape == "square":
     draw.rectangle((x0, y0, x1, y1), fill=color)
@@ -236,10 +239,7 @@ class ShapesScenes:
       drawn = {o: unnamed_color(rng) for o in dict.fromkeys(objs)}
       colors = [drawn[o] for o in objs]
       objs = [(None, sh) for _, sh in objs]
-    image = Image.new("RGB", (s, s), BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    for (_, shape), box, rgb in zip(objs, boxes, colors):
-      _draw(draw, shape, box, rgb)
+    image = render([(shape, box, rgb) for (_, shape), box, rgb in zip(objs, boxes, colors)], s)
     spec = {
         "kind": kind,
         "objects": [{"color": c, "shape": sh, "bbox": list(b)} for (c, sh), b in zip(objs, boxes)],
@@ -252,7 +252,27 @@ class ShapesScenes:
     if unnamed:
       for o, rgb in zip(spec["objects"], colors):
         o["rgb"] = list(rgb)
-    return np.asarray(image, dtype=np.uint8), caption_for(spec), spec
+    return image, caption_for(spec), spec
+
+
+def render(objects, image_size: int) -> np.ndarray:
+  """uint8 (S, S, 3): `objects`, (shape, inclusive bbox, rgb) each, drawn in order on the background (a shape
+  is a `SHAPES` name or a polygon's points, `_draw`)."""
+  image = Image.new("RGB", (image_size, image_size), BACKGROUND)
+  draw = ImageDraw.Draw(image)
+  for shape, box, rgb in objects:
+    _draw(draw, shape, box, tuple(int(v) for v in rgb))
+  return np.asarray(image, dtype=np.uint8)
+
+
+def object_rgb(obj: dict[str, Any]) -> tuple[int, int, int]:
+  """The colour a spec's object was drawn in: its palette colour, or the "rgb" of an unnamed one."""
+  return COLORS[obj["color"]] if obj["color"] is not None else tuple(obj["rgb"])
+
+
+def render_spec(spec: dict[str, Any], image_size: int) -> np.ndarray:
+  """The scene a spec describes, drawn again (pixel for pixel the image it came with)."""
+  return render([(o["shape"], o["bbox"], object_rgb(o)) for o in spec["objects"]], image_size)
 
 
 def _name(color: str | None, shape: str) -> str:

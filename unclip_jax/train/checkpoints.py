@@ -28,7 +28,7 @@ from unclip_jax.pipeline.folder import load_stage_tree
 # Fields that define a run: a checkpoint made with other values belongs to another run.
 IDENTITY_PREFIXES = ("stage", "seed", "model", "diffusion", "optim", "data.name", "data.config",
                      "train.batch_size", "train.loss", "train.shard_optimizer", "train.init_from",
-                     "train.hard_negatives", "train.image_hard_negatives")
+                     "train.hard_negatives", "train.image_hard_negatives", "train.near_misses")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -50,7 +50,7 @@ def _json_roundtrip(config: ml_collections.ConfigDict | dict) -> dict:
 # Identity fields added after runs were already saved, with the value that reproduces those runs: a
 # checkpoint without the field is the same run as a config holding that value.
 ADDED_FIELDS = {"model.image_tower": True, "train.init_from": "", "train.hard_negatives": "",
-                "train.image_hard_negatives": False}
+                "train.image_hard_negatives": False, "train.near_misses": ""}
 
 
 def config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:

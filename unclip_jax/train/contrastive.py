@@ -92,10 +92,29 @@ def flipped_image_loss(image_embeds, mirror_embeds, text_embeds, negative_embeds
   own, own_mirror = jnp.sum(txt * img, -1), jnp.sum(txt * mir, -1)
   twin, twin_mirror = jnp.sum(neg * img, -1), jnp.sum(neg * mir, -1)
   terms = jax.nn.softplus(scale * (own_mirror - own)) + jax.nn.softplus(scale * (twin - twin_mirror))
+  return _valid_means(terms, own > own_mirror, valid, axis_name)
+
+
+def near_miss_loss(image_embeds, near_miss_embeds, text_embeds, logit_scale, valid, axis_name: str | None = None):
+  """Image-side near misses (`unclip_jax.data.near_misses`): (loss, accuracy), the same on every device.
+
+  Per valid row, the caption must score its image above the image's near miss (the same scene drawn with one
+  thing wrong): a logistic loss on the scaled cosine difference, averaged over the global batch's valid rows.
+  Pairwise, like `flipped_image_loss`: the two pictures differ in one object only, so the term is about that.
+  `accuracy`: how often the caption prefers its own image to the near miss.
+  """
+  img, near, txt = (normalize(x) for x in (image_embeds, near_miss_embeds, text_embeds))
+  scale = jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))
+  own, missed = jnp.sum(txt * img, -1), jnp.sum(txt * near, -1)
+  return _valid_means(jax.nn.softplus(scale * (missed - own)), own > missed, valid, axis_name)
+
+
+def _valid_means(terms, wins, valid, axis_name):
+  """(mean of `terms`, share of `wins`) over the rows where `valid` holds, across the whole global batch."""
   valid = valid.astype(jnp.float32)
   total = lambda x: jax.lax.psum(x, axis_name) if axis_name else x  # noqa: E731
   count = jnp.maximum(total(jnp.sum(valid)), 1.0)
-  return total(jnp.sum(terms * valid)) / count, total(jnp.sum((own > own_mirror) * valid)) / count
+  return total(jnp.sum(terms * valid)) / count, total(jnp.sum(wins * valid)) / count
 
 
 def siglip_loss(image_embeds, text_embeds, logit_scale, logit_bias, axis_name: str | None = None, *,
