@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unclip_jax.data import near_misses, shapes
+from unclip_jax.data import hard_negatives, near_misses, shapes
 from unclip_jax.eval import detector
 
 
-def _scenes(size=64, n=90, **kw):
+def _scenes(size=64, n=120, **kw):
   return [shapes.ShapesScenes(image_size=size, seed=7, kinds=shapes.ALL_KINDS, **kw)[i] for i in range(n)]
 
 
@@ -29,7 +29,11 @@ def test_each_kind_is_wrong_for_the_caption_by_the_detector():
       miss, got = near_misses.near_miss(spec, 64, np.random.default_rng(i), (kind,))
       assert got == kind and miss.shape == image.shape and miss.dtype == np.uint8
       wrong[kind].append(not detector.check(detector.detect(miss), caption)["pass"])
-  assert all(wrong["color"]) and all(wrong["count"]) and len(wrong["count"]) >= 10
+      if kind == "place":  # the swapped places are the picture of the opposite relation
+        flipped = hard_negatives.relation_flips(caption)[0]
+        assert detector.check(detector.detect(miss), flipped)["relation_dataset"], flipped
+  assert all(wrong["color"]) and all(wrong["count"]) and all(wrong["place"])
+  assert min(len(wrong["count"]), len(wrong["place"])) >= 10
   # a blob the detector reads as the shape it replaced is still a near miss, but most are read as wrong
   assert np.mean(wrong["shape"]) >= 0.85, np.mean(wrong["shape"])
 
@@ -54,6 +58,7 @@ def test_which_kinds_a_scene_has_and_determinism():
   assert by_kind[("count", False)] == ("color", "shape", "count")
   assert by_kind[("count", True)] == ("shape", "count")  # an unnamed colour has no wrong shade
   assert by_kind[("single", False)] == ("color", "shape")
+  assert by_kind[("relation", False)] == ("color", "shape", "place")
   _, _, spec = _scenes(32, 1)[0]
   a, b = (near_misses.near_miss(spec, 32, np.random.default_rng(3))[0] for _ in range(2))
   assert np.array_equal(a, b)
@@ -62,5 +67,5 @@ def test_which_kinds_a_scene_has_and_determinism():
 
 def test_unknown_kind_is_a_clear_error():
   assert near_misses.parse_kinds(" color, count ") == ("color", "count") and near_misses.parse_kinds("") == ()
-  with pytest.raises(ValueError, match="unknown near-miss kind 'blur'; choose from color, shape, count"):
+  with pytest.raises(ValueError, match="unknown near-miss kind 'blur'; choose from color, shape, count, place"):
     near_misses.parse_kinds("color,blur")

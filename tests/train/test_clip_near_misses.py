@@ -15,7 +15,7 @@ from unclip_jax.train import loop
 from unclip_jax.train.metrics import read_metrics
 from unclip_jax.train.stages import get_stage
 
-KW = {"train.near_misses": "color,shape,count"}
+KW = {"train.near_misses": "color,shape,count,place"}
 
 
 def test_the_transform_adds_the_scenes_near_miss_drawn_with_the_records_stream():

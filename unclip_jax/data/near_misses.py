@@ -13,6 +13,8 @@ Kinds (a scene gets one near miss, of a kind drawn uniformly from those that app
           (beyond the 40 the evaluation's detector accepts); objects with unnamed colours have none
   shape   one object drawn as another palette shape, or as an irregular blob in its box
   count   a count scene ("three blue squares") with one object fewer, or one more where it fits
+  place   a relation scene ("a red circle left of a blue square") with the two objects' places swapped, so the
+          relation is the opposite one (the word-order image negative without the caption twin and the mirror)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 
 from unclip_jax.data import shapes
 
-KINDS = ("color", "shape", "count")
+KINDS = ("color", "shape", "count", "place")
 COLOR_SHIFT = (48.0, 96.0)  # RGB distance from the palette colour, uniform in this range
 MIN_CONTRAST = shapes.UNNAMED_MIN_CONTRAST  # a recoloured object stays visible on the background
 BLOB_VERTICES = (5, 8)
@@ -42,7 +44,8 @@ def parse_kinds(value: str) -> tuple[str, ...]:
 def applicable(spec: dict[str, Any], kinds=KINDS) -> tuple[str, ...]:
   """The kinds of near miss `spec`'s scene has."""
   named = any(o["color"] is not None for o in spec["objects"])
-  has = {"color": named, "shape": bool(spec["objects"]), "count": spec["kind"] == "count"}
+  has = {"color": named, "shape": bool(spec["objects"]), "count": spec["kind"] == "count",
+         "place": bool(spec.get("relation"))}
   return tuple(k for k in kinds if has[k])
 
 
@@ -98,6 +101,9 @@ def near_miss(spec: dict[str, Any], image_size: int, rng: np.random.Generator, k
     others = [s for s in shapes.SHAPES if s != objects[i][0]]
     # an irregular blob two times in three, else another palette shape
     objects[i][0] = blob(objects[i][1], rng) if rng.random() < 2 / 3 else others[int(rng.integers(len(others)))]
+  elif kind == "place":
+    a, b = spec["relation"]["subject"], spec["relation"]["object"]
+    objects[a][1], objects[b][1] = objects[b][1], objects[a][1]
   else:
     box = _free_box([o[1] for o in objects], objects[0][1][2] - objects[0][1][0] + 1, image_size, rng)
     if rng.random() < 0.5 and box is not None:
