@@ -44,7 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # image_hard_negatives (needs 'relation' above): a flipped relation's picture, the image mirrored across the
   # relation's axis, as a wrong image for the caption, so that the image tower has to encode placement.
   # near_misses (shapes data only): '' | comma-separated kinds of `unclip_jax.data.near_misses` (color, shape,
-  # count): each scene drawn again with one thing wrong, which its caption must score below the scene.
+  # count, place): each scene drawn again with one thing wrong, which its caption must score below the scene
+  # (tried for demo_rerank, 2026-12-06: no better at ranking the decoder's drawings; docs/demo.md).
   config.train = train = train_config(32768, 100_000, loss="softmax", max_logit_scale=math.log(100.0),
                                       hard_negatives="", image_hard_negatives=False, near_misses="")
   # The user's own image + caption folders or webdataset shards (`prepare image_text --name ...`).

@@ -39,12 +39,12 @@ _COLOR = re.compile(r"\b(" + "|".join(COLOR_WORDS) + r")\b")
 _NUMBER = re.compile(r"\b(" + "|".join(NUMBER_WORDS) + r")\b")
 
 
-def parse_kinds(value: str) -> tuple[str, ...]:
-  """'relation,color' → ('relation', 'color'); '' → (); a ValueError names an unknown kind."""
+def parse_kinds(value: str, known: tuple[str, ...] = KINDS, what: str = "hard-negative") -> tuple[str, ...]:
+  """'relation,color' → ('relation', 'color'); '' → (); a ValueError names an unknown kind (of `known`)."""
   kinds = tuple(k.strip() for k in str(value).split(",") if k.strip())
-  unknown = [k for k in kinds if k not in KINDS]
+  unknown = [k for k in kinds if k not in known]
   if unknown:
-    raise ValueError(f"unknown hard-negative kind {unknown[0]!r}; choose from {', '.join(KINDS)} (comma-separated)")
+    raise ValueError(f"unknown {what} kind {unknown[0]!r}; choose from {', '.join(known)} (comma-separated)")
   return kinds
 
 
