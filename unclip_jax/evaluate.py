@@ -17,6 +17,7 @@ The evaluator network (FD features) and evaluator CLIP are trained on first use 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import sys
@@ -79,6 +80,8 @@ def parse(argv: Sequence[str]):
   p.add_argument("--decoder-candidates", type=int, default=None,
                  help="decoder images per output, the one the pipeline's CLIP rates nearest the caption kept "
                       "(default: the pipeline's; 1 grades without CLIP reranking)")
+  p.add_argument("--rate-upsampled", default=None, action=argparse.BooleanOptionalAction,
+                 help="rate the decoder's candidates after the upsamplers or before them (default: the pipeline's)")
   p.add_argument("--rerank-clip", action="append", default=[], metavar="DIR",
                  help="candidates suite: a CLIP stage folder that rates the candidates beside the pipeline's rater "
                       "(repeatable)")
@@ -131,6 +134,8 @@ def options(args):
   for stage in ("prior", "decoder"):
     if getattr(args, f"{stage}_candidates") is not None:
       o.overrides.setdefault(stage, {})["candidates"] = getattr(args, f"{stage}_candidates")
+  if args.rate_upsampled is not None:
+    o.overrides.setdefault("decoder", {})["rate_upsampled"] = args.rate_upsampled
   return o
 
 

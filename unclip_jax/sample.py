@@ -64,6 +64,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                  help="decoder images per output; the one the pipeline's CLIP rates nearest the caption (the source "
                       "image for variations) is kept: CLIP reranking (default: pipeline.json; interpolate and "
                       "textdiff draw one)")
+  p.add_argument("--rate-upsampled", default=None, action=argparse.BooleanOptionalAction,
+                 help="rate the decoder's candidates after the upsamplers, at the output size (K times the "
+                      "upsampling work), or before them (default: pipeline.json; the demo's rater is a 64 px CLIP)")
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                  help="compute dtype (default: each stage's config); parameters stay float32")
   p.add_argument("--ema", default=True, action=argparse.BooleanOptionalAction,
@@ -133,6 +136,8 @@ def _overrides(args) -> dict:
       if not 1 <= n <= MAX_CANDIDATES:
         raise UserError(f"--{stage}-candidates must lie between 1 and {MAX_CANDIDATES}, got {n}")
       o[stage]["candidates"] = n
+  if args.rate_upsampled is not None:
+    o["decoder"]["rate_upsampled"] = args.rate_upsampled
   if not 0 <= args.seed < 2 ** 32:
     raise UserError(f"--seed must lie in [0, 2**32), got {args.seed}")
   return o

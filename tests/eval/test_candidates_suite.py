@@ -42,7 +42,8 @@ def test_the_drawings_hold_what_generate_draws_and_keeps(pipe_dir):
   captions = ["a red square", "a blue circle", "two green triangles", "a red circle", "a yellow square",
               "a purple triangle"]
   seeds = [11, 12, 13, 14, 15, 16]
-  small, final, passes = candidates.draw_all(ctx, captions, seeds, 3)
+  small, final, passes, output = candidates.draw_all(ctx, captions, seeds, 3)
+  assert output is None
   assert small.shape[:2] == final.shape[:2] == passes.shape == (6, 3)
   pick = Rater.of_pipeline(pipe).scores(small, captions).argmax(1)
   assert (pick != 0).any() and (pick == 0).any()  # both branches of the comparison below are exercised
@@ -123,6 +124,47 @@ def test_the_pipeline_raters_pick_is_what_the_compositional_suite_grades(pipe_di
   assert again["raters"] == [used] and again["tasks"]["single"]["seen"]["raters"][used] == \
       got["tasks"]["single"]["seen"]["raters"][used]
   assert (tmp_path / "cand" / "candidates.npz").stat().st_mtime_ns == saved
+
+
+def _parity(images, captions):
+  """A stand-in detector that passes an image by the parity of its pixel sum: candidates of one prompt, alike to
+  the eye at random weights, then pass and fail apart."""
+  return [{**g, "pass": bool(int(np.asarray(im, np.int64).sum()) % 2)}
+          for g, im in zip(_redder_than_green(images, captions), images, strict=True)]
+
+
+@pytest.mark.slow
+def test_candidates_rated_after_the_upsamplers_where_the_pipeline_rates_them_there(pipe_dir, tmp_path, capsys,
+                                                                                    monkeypatch):
+  """With --rate-upsampled every rater rates the output images: the pipeline rater's pick is again the image the
+  compositional suite grades, and a later run rates the saved 64 px images again without drawing."""
+  monkeypatch.setattr(compositional, "grade", _parity)
+  common = ["--checkpoint", pipe_dir, "--num", 3, "--seed", 3, "--batch", 4, "--decoder-candidates", 3,
+            "--decoder-steps", 2, "--prior-steps", 2, "--sr-steps", 1, "--no-progress"]
+  code, _, err = _run([*common, "--rate-upsampled", "--suite", "candidates", "--out", tmp_path / "cand"], capsys)
+  assert code == 0, err
+  got = json.loads((tmp_path / "cand" / "results.json").read_text())
+  assert got["meta"]["settings"]["decoder"]["rate_upsampled"] is True
+  code, _, err = _run([*common, "--rate-upsampled", "--suite", "compositional", "--out", tmp_path / "comp"], capsys)
+  assert code == 0, err
+  comp = json.loads((tmp_path / "comp" / "results.json").read_text())["compositional"]["tasks"]
+  code, _, err = _run([*common, "--suite", "candidates", "--out", tmp_path / "early"], capsys)
+  assert code == 0, err
+  early = json.loads((tmp_path / "early" / "results.json").read_text())["candidates"]
+  used, late = got["candidates"]["used_by_pipeline"], got["candidates"]["tasks"]
+  cells = [(t, s) for t in candidates.TASKS for s in ("seen", "heldout")]
+  picks = [late[t][s]["raters"][used]["pick"]["k"] for t, s in cells]
+  assert picks == [comp[t][s]["accuracy"]["k"] for t, s in cells]  # the image generate keeps
+  assert [late[t][s]["any_right"] for t, s in cells] == [early["tasks"][t][s]["any_right"] for t, s in cells]
+  aucs = [late[t][s]["raters"][used]["auc"] for t, s in cells]
+  assert any(a is not None for a in aucs) and 0 < sum(picks) < 24  # grades vary: the comparisons can fail
+  assert aucs != [early["tasks"][t][s]["raters"][used]["auc"] for t, s in cells]  # the same drawings, rated elsewhere
+
+  monkeypatch.setattr(candidates, "draw_all", lambda *a: pytest.fail("drew again"))
+  code, _, err = _run([*common, "--rate-upsampled", "--suite", "candidates", "--out", tmp_path / "cand"], capsys)
+  assert code == 0 and "rated again" in err, err
+  again = json.loads((tmp_path / "cand" / "results.json").read_text())["candidates"]["tasks"]
+  assert abs(sum(again[t][s]["raters"][used]["pick"]["k"] for t, s in cells) - sum(picks)) <= 1  # uint8 rounding
 
 
 @pytest.mark.parametrize("args, words", [

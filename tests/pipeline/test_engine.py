@@ -219,3 +219,48 @@ def test_a_bfloat16_pipeline_holds_its_kernels_in_bfloat16_and_draws_what_float3
   np.testing.assert_array_equal(a["small"], b["small"])
   # the upsampler's fusions differ with the kernels' dtype: bf16 rounding, a level or two of 255
   assert np.abs(a["images"].astype(int) - b["images"].astype(int)).mean() < 2
+
+
+@pytest.mark.slow
+def test_rate_upsampled_keeps_the_candidate_rated_best_at_the_output_size(pipe_dir, tmp_path):
+  """With `rate_upsampled` every decoder candidate goes through the upsamplers with its image's key and the
+  rater (here a `rerank_clip` at the output size, as the demo's) rates those output images: `generate` keeps
+  the one it puts nearest the caption, and its output is that candidate's upsampled image. One image alone
+  spreads the candidates' upsampling over the devices and draws what it draws in a batch."""
+  clip_config = P.read_pipeline(pipe_dir)["stages"]["clip"]["config"]
+  pipe = P.Pipeline.load(_with_reranker(pipe_dir, tmp_path, {**clip_config, "image_size": 64}), log=lambda m: None)
+  assert pipe.output_size == 64 and pipe.image_size < 64
+  k = 3
+  late = pipe.settings({"decoder": {"candidates": k, "rate_upsampled": True}})
+  early = pipe.settings({"decoder": {"candidates": k}})
+  prompts, seeds = ["a red square", "a blue circle", "a cat", "a green dog", "two cats", "a sun"], [5, 6, 7, 8, 9, 10]
+  best = pipe.generate(prompts, seeds, late)
+  drawn = candidates.draw(pipe, prompts, seeds, late, k)
+  output = candidates.upsample(pipe, drawn["small"], drawn["keys"], late)
+  rater = candidates.Rater.of_pipeline(pipe)
+  scores = rater.scores(output, prompts)
+  assert np.all(np.diff(np.sort(scores, axis=1)[:, -2:], axis=1) > 1e-4)  # no near-ties
+  rows, pick = np.arange(len(prompts)), scores.argmax(1)
+  np.testing.assert_allclose(best["small"], drawn["small"][rows, pick], atol=1e-4)
+  assert np.abs(best["images"].astype(int) - image_io.to_uint8(output[rows, pick])).max() <= 1
+  assert (pick != rater.scores(drawn["small"], prompts).argmax(1)).any()  # rating the small ones differs somewhere
+  np.testing.assert_allclose(pipe.generate(prompts, seeds, early)["small"],
+                             drawn["small"][rows, rater.scores(drawn["small"], prompts).argmax(1)], atol=1e-4)
+
+  pipe.timings = []
+  alone = pipe.generate([prompts[1]], [seeds[1]], late)
+  assert [(t["rows"], t["spread"]) for t in pipe.timings] == [(1, True)]
+  np.testing.assert_allclose(alone["small"][0], best["small"][1], atol=1e-4)
+  assert np.abs(alone["images"][0].astype(int) - best["images"][1]).max() <= 1
+
+
+def test_rate_upsampled_is_a_decoder_flag(pipe_dir):
+  pipe = P.Pipeline.load(pipe_dir, log=lambda m: None)
+  assert pipe.settings()["decoder"].rate_upsampled is False
+  assert pipe.settings({"decoder": {"rate_upsampled": True}})["decoder"].rate_upsampled is True
+  with pytest.raises(UserError, match="prior: only the decoder's candidates are rated after upsampling"):
+    pipe.settings({"prior": {"rate_upsampled": True}})
+  with pytest.raises(UserError, match="decoder rate_upsampled must be true or false, got 'yes'"):
+    pipe.settings({"decoder": {"rate_upsampled": "yes"}})
+  assert P.StageSampling.from_dict({"candidates": 8, "rate_upsampled": True}).compiled_key() != \
+      P.StageSampling.from_dict({"candidates": 8}).compiled_key()  # another compiled program

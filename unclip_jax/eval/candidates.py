@@ -16,7 +16,9 @@ Raters: the pipeline's; also its own CLIP where a rerank_clip stage does the rat
 folder given with `--rerank-clip`. The drawings are kept in OUT/candidates.npz: a later run into the same
 folder on the same pipeline, prompts and sampling settings rates them again without drawing, so trying
 another rater takes a minute instead of the K-fold sampling (K times the compositional suite's decoder and
-upsampler work over four of its five tasks).
+upsampler work over four of its five tasks). Where the pipeline rates its candidates after the upsamplers
+(`rate_upsampled`), every rater rates the output images: as drawn, or from the file their 64 px uint8 copies
+(whose rounding can turn a near tie the other way).
 """
 
 from __future__ import annotations
@@ -84,10 +86,11 @@ def draws_key(ctx, settings: dict, k: int) -> str:
   return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def draw_all(ctx, captions: list[str], seeds: list[int], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_all(ctx, captions: list[str], seeds: list[int], k: int, keep_output: bool = False) -> tuple:
   """(candidates at the decoder's size in [-1, 1] (N, K, h, w, 3), final uint8 images at the detector's 64 px
-  (N, K, 64, 64, 3), passes (N, K)): `ctx.options.batch` prompts at a time (`ctx.chunked`); finals are kept at
-  64 px (what the detector grades), so 1024 px outputs fit in memory."""
+  (N, K, 64, 64, 3), passes (N, K), with `keep_output` the output images in [-1, 1] (N, K, S, S, 3) else None):
+  `ctx.options.batch` prompts at a time (`ctx.chunked`); finals are kept at 64 px (what the detector grades), so
+  1024 px outputs fit in memory."""
   from tqdm.auto import tqdm
 
   from unclip_jax.eval.images import resize
@@ -100,36 +103,38 @@ def draw_all(ctx, captions: list[str], seeds: list[int], k: int) -> tuple[np.nda
 
   def chunk(p, s):
     drawn = candidates.draw(pipe, p, s, settings, k)
-    up = to_uint8(candidates.upsample(pipe, drawn["small"], drawn["keys"], settings))
+    output = candidates.upsample(pipe, drawn["small"], drawn["keys"], settings)
+    up = to_uint8(output)
     at_64 = resize(up.reshape((-1,) + up.shape[2:]), prompts.IMAGE_SIZE)
     bar.update(1)
-    return drawn["small"], at_64.reshape((len(p), k) + at_64.shape[1:])
+    return drawn["small"], at_64.reshape((len(p), k) + at_64.shape[1:]), output if keep_output else None
   parts, n = ctx.chunked(chunk, captions, seeds)  # the last batch padded: each stage compiles once
   bar.close()
   small, final = (np.concatenate([part[i] for part in parts])[:n] for i in (0, 1))
+  output = np.concatenate([part[2] for part in parts])[:n] if keep_output else None
   flat = compositional.grade(final.reshape((-1,) + final.shape[2:]), [c for c in captions for _ in range(k)])
   passes = np.array([c["pass"] for c in flat], bool).reshape(len(captions), k)
-  return small, final, passes
+  return small, final, passes, output
 
 
 def _saved(path, key: str):
-  """(small, passes) from a candidates.npz written for `key`, else None."""
+  """(small, passes, final) from a candidates.npz written for `key`, else None."""
   if path is None or not path.is_file():
     return None
   try:
     with np.load(path) as f:
       if str(f["key"]) != key:
         return None
-      return f["small"], f["passes"]
+      return f["small"], f["passes"], f["final"]
   except (OSError, ValueError, KeyError):  # unreadable or from another version: draw again
     return None
 
 
-def _save(path, key: str, small: np.ndarray, passes: np.ndarray, captions: list[str]) -> None:
+def _save(path, key: str, small: np.ndarray, passes: np.ndarray, final: np.ndarray, captions: list[str]) -> None:
   from unclip_jax.io import write_bytes_atomic
 
   buf = io.BytesIO()
-  np.savez_compressed(buf, key=np.array(key), small=small, passes=passes, captions=np.array(captions))
+  np.savez_compressed(buf, key=np.array(key), small=small, passes=passes, final=final, captions=np.array(captions))
   write_bytes_atomic(path, buf.getvalue())
 
 
@@ -166,20 +171,21 @@ def run(ctx) -> dict:
   key = draws_key(ctx, settings, k)
   path = o.draws_dir / FILE if o.draws_dir is not None else None
   saved = _saved(path, key) if o.pipeline_digest else None
-  final = None
+  late = settings["decoder"].rate_upsampled and bool(ctx.pipe.srs)  # rated as the pipeline rates: after upsampling
   if saved is not None:
-    small, passes = saved
+    small, passes, final = saved
+    output = final.astype(np.float32) / 127.5 - 1.0 if late else None
     ctx.log(f"candidates: the drawings in {path} rated again (same pipeline, prompts and sampling)")
   else:
-    small, final, passes = draw_all(ctx, captions, seeds, k)
+    small, final, passes, output = draw_all(ctx, captions, seeds, k, keep_output=late)
     if path is not None:
-      _save(path, key, small, passes, captions)
-  rated = {r.name: r.scores(small, captions) for r in rating}
+      _save(path, key, small, passes, final, captions)
+  rated = {r.name: r.scores(output if late else small, captions) for r in rating}
   results, grids, names = {}, {}, list(rated)
   for i, (task, split) in enumerate(cells):
     part = slice(i * o.num, (i + 1) * o.num)
     results.setdefault(task, {})[split] = summarize(passes[part], {n: s[part] for n, s in rated.items()})
-    if final is not None and split == "heldout":
+    if split == "heldout":
       grids[f"{task}_{split}"] = grid(final[part], passes[part], sets[(task, split)], rated[names[0]][part])
   return {"k": k, "num_per_cell": o.num, "used_by_pipeline": names[0], "raters": names, "tasks": results,
           "overall": means(results, names), "drawings": str(path) if path is not None else None, "_grids": grids}

@@ -48,6 +48,16 @@ def rerank_model(config: dict, clip_config: clip_model.CLIPConfig, name: str):
   return clip_model.CLIP(rc), rc
 
 
+def candidate_scorer(pipe, s: StageSampling, rerank: bool):
+  """What rates a pipeline's decoder candidates: its `rerank_clip` stage's towers, or its CLIP's (None for K = 1)."""
+  if rerank:
+    return programs.clip_scorer(pipe.rerank_clip, pipe.rerank_config)
+  if s.candidates > 1:
+    pipe._need_image_tower("decoder candidates (CLIP reranking)")
+    return programs.clip_scorer(pipe.clip, pipe.clip_config)
+  return None
+
+
 class Component(NamedTuple):
   """One stage of a pipeline: its checkpoint kind, its stage.json `config`, its parameter tree."""
   kind: str
@@ -180,15 +190,11 @@ class Pipeline:
     """Whether a decoder program of `rows` rows divides each image's candidates over the devices."""
     return self.runner.spreads(rows, s.candidates > 1)
 
-  def _decoder_piece(self, s: StageSampling, trajectory: bool, spread: bool = False, rerank: bool = False):
-    scorer = None
-    if rerank:
-      scorer = programs.clip_scorer(self.rerank_clip, self.rerank_config)
-    elif s.candidates > 1:
-      self._need_image_tower("decoder candidates (CLIP reranking)")
-      scorer = programs.clip_scorer(self.clip, self.clip_config)
+  def _decoder_piece(self, s: StageSampling, trajectory: bool, spread: bool = False, rerank: bool = False,
+                     keep_all: bool = False):
     return programs.decoder_piece(self.decoder, self.process("decoder", s.steps), self.image_size, s, trajectory,
-                                  scorer, self.runner.batched if spread else None)
+                                  None if keep_all else candidate_scorer(self, s, rerank),
+                                  self.runner.batched if spread else None, keep_all)
 
   def _upsample_piece(self, settings: dict[str, StageSampling]):
     return programs.upsample_piece([(sr, settings[sr.name], self.process(sr.name, settings[sr.name].steps))
@@ -248,7 +254,7 @@ class Pipeline:
              x_T: np.ndarray | None = None, trajectory: bool = False, rows: int | None = None):
     """Decoder-size images in [-1, 1] (B, H, W, 3) from CLIP image embeddings and captions; with
     `trajectory` also the predicted x0 after every step (B, steps, H, W, 3). Candidates are rated by the
-    pipeline's CLIP against `text` (a `rerank_clip` stage, where there is one, only rates in whole programs)."""
+    pipeline's CLIP against `text`, here (a `rerank_clip` stage and `rate_upsampled` act in whole programs only)."""
     rows = rows or self.padded_batch(len(keys))
     spread = self._spread_candidates(settings, rows)
     piece = self._decoder_piece(settings, trajectory, spread)
@@ -301,11 +307,15 @@ class Pipeline:
     spread = self._spread_candidates(settings["decoder"], rows)
     # a rerank_clip stage rates candidates against captions only (an image embedding lives in the pipeline CLIP's space)
     rerank = settings["decoder"].candidates > 1 and rank_by_text and self.rerank_clip is not None
+    # candidates rated at the output size (`rate_upsampled`); without upsamplers that is the decoder's own size
+    late = settings["decoder"].candidates > 1 and settings["decoder"].rate_upsampled and bool(self.srs)
     program = programs.whole_program(
         self._text_piece(), self._prior_piece(settings["prior"], candidates) if from_text else None,
-        self._decoder_piece(settings["decoder"], trajectory, spread, rerank), self._upsample_piece(settings),
-        trajectory=trajectory, given_noise=x_T is not None, rank_by_text=rank_by_text,
-        rerank_text_fn=clip_encoder.text_encoder(self.rerank_clip) if rerank else None)
+        self._decoder_piece(settings["decoder"], trajectory, spread, rerank, keep_all=late),
+        self._upsample_piece(settings), trajectory=trajectory, given_noise=x_T is not None, rank_by_text=rank_by_text,
+        rerank_text_fn=clip_encoder.text_encoder(self.rerank_clip) if rerank else None,
+        rate_upsampled=candidate_scorer(self, settings["decoder"], rerank) if late else None,
+        spread=self.runner.batched if late and spread else None)
     weights = {"clip": self.clip_params, "prior": self.prior_vars if from_text else None,
                "decoder": self.decoder_params, "sr": self._sr_weights(),
                "rerank": self.rerank_params if rerank else None}

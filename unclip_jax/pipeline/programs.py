@@ -136,7 +136,8 @@ def decoder_noise(key, size: int) -> jax.Array:
 
 
 def decoder_piece(decoder, process, size: int, s: StageSampling, trajectory: bool,
-                  scorer: Callable | None = None, spread: jax.sharding.Sharding | None = None) -> Callable:
+                  scorer: Callable | None = None, spread: jax.sharding.Sharding | None = None,
+                  keep_all: bool = False) -> Callable:
   """(params, scale, keys, x_T or None, image embeds (B, E), text (B rows), uncond (1 row)[, clip params,
   targets (B, E)]) → images in [-1, 1] (B, H, W, 3), and with `trajectory` the predicted x0 after every step
   (B, steps, H, W, 3). Without x_T the noise comes from each image's key (`decoder_noise`).
@@ -146,9 +147,10 @@ def decoder_piece(decoder, process, size: int, s: StageSampling, trajectory: boo
   highest against the row's target is kept (`clip_scorer`: CLIP reranking). `spread` (a sharding of the
   devices' batch axis) divides the image's candidates over the devices, for a program of one image
   (`ShardedRunner.run(spread=True)`): the packaged demo's one image with 8 candidates, 9.7 s on one of the 2
-  CPU devices, 6.3-7.5 s spread over both, the same image."""
+  CPU devices, 6.3-7.5 s spread over both, the same image. With `keep_all` every candidate is returned
+  ((B, K, H, W, 3), trajectories (B, K, steps, H, W, 3)) for a later stage to rate (`rate_upsampled`)."""
   k = s.candidates
-  if k > 1 and scorer is None:
+  if k > 1 and scorer is None and not keep_all:
     raise ValueError("decoder candidates need a scorer")
 
   def one(params, scale, uncond_row, key, noise, img, emb, states, mask):
@@ -170,6 +172,8 @@ def decoder_piece(decoder, process, size: int, s: StageSampling, trajectory: boo
     out = jax.vmap(lambda c, n: one(params, scale, uncond_row, c, n, *cond))(keys, noises)
     if spread is not None:
       out = jax.tree_util.tree_map(lambda a: jax.lax.with_sharding_constraint(a, spread), out)
+    if keep_all:
+      return out
     images = out[0] if trajectory else out
     best = jnp.argmax(scorer(clip_params, images, target))
     return jax.tree_util.tree_map(lambda a: a[best], out)
@@ -249,15 +253,35 @@ def upsample_piece(stages: Sequence[tuple[SRStage, StageSampling, Any]]) -> Call
   return piece
 
 
+def best_upsampled(scorer: Callable, upsample_fn: Callable, sr_weights, scorer_params, keys, targets, candidates,
+                   spread: jax.sharding.Sharding | None = None) -> tuple[jax.Array, jax.Array]:
+  """(each image's best candidate (B,), its output image (B, S, S, 3) in [-1, 1]): every candidate (B, K, h, w, 3)
+  taken through the upsamplers with its image's key (as the image would be were it the only one) and rated
+  there by `scorer` against the row's target. `spread` divides the B*K upsampler runs over the devices."""
+  b, k = candidates.shape[:2]
+  flat, flat_keys = candidates.reshape((b * k,) + candidates.shape[2:]), jnp.repeat(keys, k, axis=0)
+  if spread is not None:
+    flat, flat_keys = (jax.lax.with_sharding_constraint(a, spread) for a in (flat, flat_keys))
+  up = upsample_fn(sr_weights, flat_keys, flat)
+  if spread is not None:
+    up = jax.lax.with_sharding_constraint(up, spread)
+  up = up.reshape((b, k) + up.shape[1:])
+  best = jnp.argmax(jax.vmap(scorer, in_axes=(None, 0, 0))(scorer_params, up, targets), axis=1)
+  return best, up[jnp.arange(b), best]
+
+
 def whole_program(text_fn: Callable, prior_fn: Callable | None, decoder_fn: Callable, upsample_fn: Callable, *,
                   trajectory: bool, given_noise: bool, rank_by_text: bool = True,
-                  rerank_text_fn: Callable | None = None) -> Callable:
+                  rerank_text_fn: Callable | None = None, rate_upsampled: Callable | None = None,
+                  spread: jax.sharding.Sharding | None = None) -> Callable:
   """One call as one traced function: (weights, scales, empty caption tokens, keys, tokens, *rest) →
   {"images": uint8, "small", "image_embeds"[, "trajectory"]}. With a `prior_fn` the call starts from
   text; without, `rest` holds (image embeddings[, x_T]). Decoder candidates are rated against the caption's
   text embedding (`rank_by_text`) or else against the image embedding they were drawn from. With a
   `rerank_text_fn` (the text tower of a reranking-only CLIP, whose weights are `weights["rerank"]`, and
-  `decoder_fn` scoring with its image tower) the caption's embedding comes from that CLIP instead."""
+  `decoder_fn` scoring with its image tower) the caption's embedding comes from that CLIP instead. With a
+  `rate_upsampled` scorer, `decoder_fn` returns every candidate (`keep_all`) and they are rated after the
+  upsamplers (`best_upsampled`; `spread` as the decoder's)."""
 
   def program(weights, scales, empty_tokens, keys, tokens, *rest):
     uncond_row = text_fn(weights["clip"], empty_tokens)
@@ -273,8 +297,14 @@ def whole_program(text_fn: Callable, prior_fn: Callable | None, decoder_fn: Call
     small = decoder_fn(weights["decoder"], scales["decoder"], keys, x_T, image_embeds, text, uncond_row,
                        scorer_params, targets)
     small, traj = small if trajectory else (small, None)
-    out = {"images": uint8_images(upsample_fn(weights["sr"], keys, small)), "small": small,
-           "image_embeds": image_embeds.astype(jnp.float32)}
+    if rate_upsampled is not None:
+      best, images = best_upsampled(rate_upsampled, upsample_fn, weights["sr"], scorer_params, keys, targets, small,
+                                    spread)
+      rows = jnp.arange(len(best))
+      small, traj = small[rows, best], (None if traj is None else traj[rows, best])
+    else:
+      images = upsample_fn(weights["sr"], keys, small)
+    out = {"images": uint8_images(images), "small": small, "image_embeds": image_embeds.astype(jnp.float32)}
     if trajectory:
       out["trajectory"] = traj
     return out

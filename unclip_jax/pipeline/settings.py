@@ -11,7 +11,8 @@ from unclip_jax.errors import UserError
 
 DIFFUSION_STAGES = ("prior", "decoder", "sr_64_256", "sr_256_1024")
 MAX_STEPS = 1000  # a respaced process can keep at most the training steps
-SAMPLING_FIELDS = ("steps", "sampler", "eta", "guidance_scale", "clip_x0", "dynamic_threshold", "candidates")
+SAMPLING_FIELDS = ("steps", "sampler", "eta", "guidance_scale", "clip_x0", "dynamic_threshold", "candidates",
+                   "rate_upsampled")
 MAX_CANDIDATES = 64
 
 
@@ -23,6 +24,10 @@ class StageSampling:
   is kept. The prior keeps the largest z_i·z_t (unCLIP's); the decoder keeps the image whose CLIP image
   embedding has the largest cosine with the caption's text embedding (CLIP reranking, as DALL·E did), or
   with the conditioning image embedding where there is no caption (variations). Upsamplers draw one.
+
+  `rate_upsampled` (decoder only): the candidates are taken through the upsamplers before they are rated, so
+  the rater sees what the pipeline outputs, not the decoder's small image (K times the upsampling work). For a
+  rater trained at the output size: the demo's 64 px `rerank_clip` (docs/demo.md).
   """
   steps: str = "25"
   sampler: str = "ddpm"
@@ -31,18 +36,21 @@ class StageSampling:
   clip_x0: float = 1.0
   dynamic_threshold: float = 0.0
   candidates: int = 1
+  rate_upsampled: bool = False
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> StageSampling:
-    kinds = {"steps": str, "sampler": str, "candidates": lambda v: v}  # candidates: checked by check_sampling
+    keep = lambda v: v  # noqa: E731  (checked by check_sampling)
+    kinds = {"steps": str, "sampler": str, "candidates": keep, "rate_upsampled": keep}
     return cls(**{k: kinds.get(k, float)(d[k]) for k in SAMPLING_FIELDS if k in d})
 
   def compiled_key(self) -> tuple:
     """What of these settings is baked into a compiled program (the guidance scale is an argument)."""
-    return (self.steps, self.sampler, self.eta, self.clip_x0, self.dynamic_threshold, self.candidates)
+    return (self.steps, self.sampler, self.eta, self.clip_x0, self.dynamic_threshold, self.candidates,
+            self.rate_upsampled)
 
 
 def sample_kwargs(s: StageSampling) -> dict:
@@ -88,7 +96,8 @@ def check_sampling(s: StageSampling, stage: str) -> StageSampling:
   dyn = check_scale(s.dynamic_threshold, f"{stage} dynamic threshold")
   if clip < 0 or not 0 <= dyn < 1:
     raise UserError(f"{stage}: clip_x0 must be >= 0 and dynamic_threshold in [0, 1)")
-  return StageSampling(steps, s.sampler, eta, guidance, clip, dyn, check_candidates(s.candidates, stage))
+  return StageSampling(steps, s.sampler, eta, guidance, clip, dyn, check_candidates(s.candidates, stage),
+                       check_rate_upsampled(s.rate_upsampled, stage))
 
 
 def check_candidates(value: Any, stage: str) -> int:
@@ -104,6 +113,16 @@ def check_candidates(value: Any, stage: str) -> int:
   if n > 1 and stage not in ("prior", "decoder"):
     raise UserError(f"{stage}: only the prior and the decoder choose among candidates; set {stage} candidates to 1")
   return n
+
+
+def check_rate_upsampled(value: Any, stage: str) -> bool:
+  """The decoder's `rate_upsampled` flag (true or false; other stages false); UserError if bad."""
+  if not isinstance(value, bool):
+    raise UserError(f"{stage} rate_upsampled must be true or false, got {value!r}")
+  if value and stage != "decoder":
+    raise UserError(f"{stage}: only the decoder's candidates are rated after upsampling; set {stage} "
+                    "rate_upsampled to false")
+  return bool(value)
 
 
 def apply_overrides(defaults: Mapping[str, StageSampling],
