@@ -1,7 +1,7 @@
 """CLIP training configs: presets `tiny` (CPU tests, toy shapes data), `demo` (the shapes demo pipeline of
 `launch/train_demo.sh`), `demo_rerank` (the demo's reranking-only CLIP), `vit_b32`, `vit_l14` (Karlo's CLIP).
 
-Run (the training CLI arrives in a later issue):
+Run:
 
     python -m unclip_jax.train --config configs/clip.py:tiny --workdir /tmp/clip_tiny
     python -m unclip_jax.train --config configs/clip.py:demo --workdir runs/demo/clip --data_dir runs/demo/data
@@ -10,8 +10,9 @@ Run (the training CLI arrives in a later issue):
 
 `demo`: a 32 px ViT (patch 4, width 96, 3 layers) and a 4-layer, 64-wide text tower (context 16; the
 shapes captions are at most 10 tokens), 64-d embeddings, trained on `prepare shapes --image_size 32`.
-`demo_rerank`: the same model and data, trained only to rate the decoder's candidates (a pipeline's optional
-`rerank_clip` stage; docs/demo.md): no hard negatives, 2000 steps. The pipeline's own CLIP cannot be swapped,
+`demo_rerank`: the same model on 64 px scenes in 8 px patches, trained only to rate the decoder's candidates after
+the upsampler (a pipeline's optional `rerank_clip` stage, with the decoder's `rate_upsampled`; docs/demo.md): no
+hard negatives, 2000 steps. The pipeline's own CLIP cannot be swapped,
 as the prior and decoder are conditioned on its embeddings, but the reranker is free to be whatever ranks best.
 
 `config.model` holds exactly the fields of `unclip_jax.models.clip.CLIPConfig`, so it is what a stage
@@ -70,9 +71,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     train.log_every = 25
     train.checkpoint_every = 100
   elif name == "demo_rerank":
-    data.name, data.config = "shapes", "32"  # the demo CLIP's data
+    # It rates the pipeline's 64 px output images (`rate_upsampled`), so it sees 64 px scenes (`prepare shapes
+    # --image_size 64`, the upsampler's data), cut into 8 px patches: as many tokens as the demo CLIP's 32 px ones.
+    # Rating after the upsampler kept a right candidate more often than the 32 px reranker (docs/demo.md).
+    data.name, data.config = "shapes", "64"
+    config.model.image_size, config.model.patch_size = 64, 8
+    data.image_size = 64
     train.batch_size = 128
-    # 2000 steps, about 15 min on the 2-core Xeon. No hard negatives: such a CLIP keeps a right candidate of the demo
+    # 2000 steps, about 25 min on 2 cores. No hard negatives: such a CLIP keeps a right candidate of the demo
     # decoder more often than the demo CLIP, trained with them, does (docs/demo.md, "the reranker's seed").
     train.steps = 2000
     config.optim.update(dict(lr=2e-3, warmup_steps=100, weight_decay=0.0, end_lr_factor=0.05))

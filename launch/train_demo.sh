@@ -63,8 +63,9 @@ run data32 python -m unclip_jax.data.prepare shapes --data_dir data --image_size
 run data64 python -m unclip_jax.data.prepare shapes --data_dir data --image_size 64
 run data32e python -m unclip_jax.data.prepare shapes --data_dir data --image_size 32 --train_size 25000 --heldout_size 500
 train clip clip.py:demo
-# A second CLIP that only rates the decoder's 8 candidates (the pipeline's `rerank_clip` stage; docs/demo.md): the
-# same data without hard negatives, 2000 steps. The pipeline's CLIP keeps a right candidate no more often than chance.
+# A second CLIP that only rates the decoder's 8 candidates (the pipeline's `rerank_clip` stage; docs/demo.md), after
+# the upsampler: 64 px scenes in 8 px patches, no hard negatives, 2000 steps. The pipeline's CLIP keeps a right
+# candidate no more often than chance.
 train rerank_clip clip.py:demo_rerank
 embed shapes32 32_n25000_h500_s0 embed
 # The decoder's own set: 50,000 scenes, half the single-object and counting ones in unnamed random colours with
@@ -80,9 +81,11 @@ train sr upsampler.py:demo
   --prior prior/export --decoder decoder/export --sr-64-256 sr/export --rerank-clip rerank_clip/export --out pipeline
 
 # The demo's sampling defaults (Karlo's 25/25/7 steps and guidance 4/8 overshoot these small models); the
-# decoder draws each image 8 times and keeps the one the reranking CLIP puts nearest the caption (docs/demo.md):
+# decoder draws each image 8 times, the upsampler takes all 8 to 64 px, and the reranking CLIP keeps the one it
+# puts nearest the caption (docs/demo.md):
 SAMPLING='{"prior": {"steps": "25", "guidance_scale": 2.0},
-  "decoder": {"steps": "50", "guidance_scale": 3.0, "candidates": 8}, "sr_64_256": {"steps": "25"}}'
+  "decoder": {"steps": "50", "guidance_scale": 3.0, "candidates": 8, "rate_upsampled": true},
+  "sr_64_256": {"steps": "25"}}'
 [ -f demo/pipeline.json ] || run pack_eval python -m unclip_jax.pipeline pack pipeline --out demo --sampling "$SAMPLING"
 run sample python -m unclip_jax.sample --checkpoint demo --num 4 --out samples --overwrite \
   --prompt "a red circle" --prompt "a blue square" --prompt "a yellow triangle" \

@@ -133,7 +133,12 @@ def test_demo_presets_fit_together_and_in_30_mb():
   assert clip.text_width == clip.embed_dim == prior.model.embedding_dim == decoder.model.clip_embeddings_dim
   assert clip.context_length == prior.model.num_embeddings == decoder.model.text_len
   rerank = load_config("clip", "demo_rerank")  # the pipeline's rerank_clip stage reads the pipeline CLIP's tokens
-  assert rerank.model == clip and rerank.data == load_config("clip", "demo").data and not rerank.train.hard_negatives
+  # and rates the upsampler's output: the upsampler's 64 px scenes, as many patches as the CLIP's 32 px ones
+  assert rerank.model.image_size == sr.model.image_size and rerank.data.config == sr.data.config
+  assert rerank.model.image_size // rerank.model.patch_size == clip.image_size // clip.patch_size
+  assert {k: v for k, v in rerank.model.items() if k not in ("image_size", "patch_size")} == \
+      {k: v for k, v in clip.items() if k not in ("image_size", "patch_size")}
+  assert not rerank.train.hard_negatives
   assert clip.image_size == decoder.model.image_size == sr.model.low_res_size == 32 and sr.model.image_size == 64
   assert sr.stage == "sr_64_256" and sr.data.config == "64"
   assert prior.data.name == decoder.data.name == "embedded"  # embedded by this CLIP (tests/test_launchers.py)
