@@ -4,7 +4,8 @@ With decoder candidates K > 1 the whole program (`Pipeline.generate`) draws each
 only the one its rater (the `rerank_clip` stage where there is one, else the pipeline's CLIP) puts nearest
 the caption. Measuring a rater needs all K: `draw` redraws them stage by stage with the program's keys
 (candidate k here is the program's k-th), `upsample` takes each to the output size, and `Rater.scores`
-rates them with the program's own scorer, so the pipeline rater's argmax is the image `generate` returns.
+rates them with the program's own scorer, so the pipeline rater's argmax is the image `generate` returns
+(given the `upsample` output where the decoder settings have `rate_upsampled`, the small ones otherwise).
 """
 
 from __future__ import annotations
