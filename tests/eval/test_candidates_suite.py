@@ -42,8 +42,8 @@ def test_the_drawings_hold_what_generate_draws_and_keeps(pipe_dir):
   captions = ["a red square", "a blue circle", "two green triangles", "a red circle", "a yellow square",
               "a purple triangle"]
   seeds = [11, 12, 13, 14, 15, 16]
-  small, final, passes, output = candidates.draw_all(ctx, captions, seeds, 3)
-  assert output is None
+  small, final, passes, scores = candidates.draw_all(ctx, captions, seeds, 3)
+  assert scores == {}
   assert small.shape[:2] == final.shape[:2] == passes.shape == (6, 3)
   pick = Rater.of_pipeline(pipe).scores(small, captions).argmax(1)
   assert (pick != 0).any() and (pick == 0).any()  # both branches of the comparison below are exercised

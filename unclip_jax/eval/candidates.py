@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import math
+from typing import Sequence
 
 import numpy as np
 
@@ -86,11 +87,11 @@ def draws_key(ctx, settings: dict, k: int) -> str:
   return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def draw_all(ctx, captions: list[str], seeds: list[int], k: int, keep_output: bool = False) -> tuple:
+def draw_all(ctx, captions: list[str], seeds: list[int], k: int, rate_output: Sequence = ()) -> tuple:
   """(candidates at the decoder's size in [-1, 1] (N, K, h, w, 3), final uint8 images at the detector's 64 px
-  (N, K, 64, 64, 3), passes (N, K), with `keep_output` the output images in [-1, 1] (N, K, S, S, 3) else None):
-  `ctx.options.batch` prompts at a time (`ctx.chunked`); finals are kept at 64 px (what the detector grades), so
-  1024 px outputs fit in memory."""
+  (N, K, 64, 64, 3), passes (N, K), {rater name: scores (N, K)} of each of `rate_output` on the output images):
+  `ctx.options.batch` prompts at a time (`ctx.chunked`); finals are kept at 64 px (what the detector grades) and
+  outputs rated as they are drawn, so 1024 px outputs fit in memory."""
   from tqdm.auto import tqdm
 
   from unclip_jax.eval.images import resize
@@ -104,17 +105,18 @@ def draw_all(ctx, captions: list[str], seeds: list[int], k: int, keep_output: bo
   def chunk(p, s):
     drawn = candidates.draw(pipe, p, s, settings, k)
     output = candidates.upsample(pipe, drawn["small"], drawn["keys"], settings)
+    scores = {r.name: r.scores(output, p) for r in rate_output}
     up = to_uint8(output)
     at_64 = resize(up.reshape((-1,) + up.shape[2:]), prompts.IMAGE_SIZE)
     bar.update(1)
-    return drawn["small"], at_64.reshape((len(p), k) + at_64.shape[1:]), output if keep_output else None
+    return drawn["small"], at_64.reshape((len(p), k) + at_64.shape[1:]), scores
   parts, n = ctx.chunked(chunk, captions, seeds)  # the last batch padded: each stage compiles once
   bar.close()
   small, final = (np.concatenate([part[i] for part in parts])[:n] for i in (0, 1))
-  output = np.concatenate([part[2] for part in parts])[:n] if keep_output else None
+  scores = {r.name: np.concatenate([part[2][r.name] for part in parts])[:n] for r in rate_output}
   flat = compositional.grade(final.reshape((-1,) + final.shape[2:]), [c for c in captions for _ in range(k)])
   passes = np.array([c["pass"] for c in flat], bool).reshape(len(captions), k)
-  return small, final, passes, output
+  return small, final, passes, scores
 
 
 def _saved(path, key: str):
@@ -174,13 +176,15 @@ def run(ctx) -> dict:
   late = settings["decoder"].rate_upsampled and bool(ctx.pipe.srs)  # rated as the pipeline rates: after upsampling
   if saved is not None:
     small, passes, final = saved
-    output = final.astype(np.float32) / 127.5 - 1.0 if late else None
     ctx.log(f"candidates: the drawings in {path} rated again (same pipeline, prompts and sampling)")
+    images = final.astype(np.float32) / 127.5 - 1.0 if late else small
+    rated = {r.name: r.scores(images, captions) for r in rating}
   else:
-    small, final, passes, output = draw_all(ctx, captions, seeds, k, keep_output=late)
+    small, final, passes, rated = draw_all(ctx, captions, seeds, k, rate_output=rating if late else ())
     if path is not None:
       _save(path, key, small, passes, final, captions)
-  rated = {r.name: r.scores(output if late else small, captions) for r in rating}
+    if not late:
+      rated = {r.name: r.scores(small, captions) for r in rating}
   results, grids, names = {}, {}, list(rated)
   for i, (task, split) in enumerate(cells):
     part = slice(i * o.num, (i + 1) * o.num)
