@@ -161,6 +161,8 @@ def raters(ctx) -> list:
 
 
 def run(ctx) -> dict:
+  from unclip_jax.pipeline.engine import rates_upsampled
+
   o = ctx.options
   settings = ctx.settings()
   check(settings)
@@ -173,7 +175,7 @@ def run(ctx) -> dict:
   key = draws_key(ctx, settings, k)
   path = o.draws_dir / FILE if o.draws_dir is not None else None
   saved = _saved(path, key) if o.pipeline_digest else None
-  late = settings["decoder"].rate_upsampled and bool(ctx.pipe.srs)  # rated as the pipeline rates: after upsampling
+  late = rates_upsampled(ctx.pipe, settings["decoder"])  # rated where the pipeline rates them
   if saved is not None:
     small, passes, final = saved
     ctx.log(f"candidates: the drawings in {path} rated again (same pipeline, prompts and sampling)")

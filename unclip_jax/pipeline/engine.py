@@ -58,6 +58,12 @@ def candidate_scorer(pipe, s: StageSampling, rerank: bool):
   return None
 
 
+def rates_upsampled(pipe, s: StageSampling) -> bool:
+  """Whether decoder candidates are rated after the upsamplers (`rate_upsampled`; without upsamplers the output is
+  the decoder's own image, rated as it is)."""
+  return s.candidates > 1 and s.rate_upsampled and bool(pipe.srs)
+
+
 class Component(NamedTuple):
   """One stage of a pipeline: its checkpoint kind, its stage.json `config`, its parameter tree."""
   kind: str
@@ -307,8 +313,7 @@ class Pipeline:
     spread = self._spread_candidates(settings["decoder"], rows)
     # a rerank_clip stage rates candidates against captions only (an image embedding lives in the pipeline CLIP's space)
     rerank = settings["decoder"].candidates > 1 and rank_by_text and self.rerank_clip is not None
-    # candidates rated at the output size (`rate_upsampled`); without upsamplers that is the decoder's own size
-    late = settings["decoder"].candidates > 1 and settings["decoder"].rate_upsampled and bool(self.srs)
+    late = rates_upsampled(self, settings["decoder"])
     program = programs.whole_program(
         self._text_piece(), self._prior_piece(settings["prior"], candidates) if from_text else None,
         self._decoder_piece(settings["decoder"], trajectory, spread, rerank, keep_all=late),

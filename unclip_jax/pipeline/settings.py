@@ -122,7 +122,7 @@ def check_rate_upsampled(value: Any, stage: str) -> bool:
   if value and stage != "decoder":
     raise UserError(f"{stage}: only the decoder's candidates are rated after upsampling; set {stage} "
                     "rate_upsampled to false")
-  return bool(value)
+  return value
 
 
 def apply_overrides(defaults: Mapping[str, StageSampling],
