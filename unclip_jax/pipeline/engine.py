@@ -48,12 +48,20 @@ def rerank_model(config: dict, clip_config: clip_model.CLIPConfig, name: str):
   return clip_model.CLIP(rc), rc
 
 
+def need_image_tower(pipe, what: str) -> None:
+  """A one-line error where `what` needs the pipeline CLIP's image tower and its CLIP is a text encoder only."""
+  if not pipe.clip_config.image_tower:
+    raise UserError(f"{pipe.name or 'this pipeline'}: its CLIP is a text encoder only; {what} need an image "
+                    "encoder (for Karlo: python -m unclip_jax.convert karlo ... --variations "
+                    "KARLO_IMAGE_VARIATIONS_DIR)")
+
+
 def candidate_scorer(pipe, s: StageSampling, rerank: bool):
   """What rates a pipeline's decoder candidates: its `rerank_clip` stage's towers, or its CLIP's (None for K = 1)."""
   if rerank:
     return programs.clip_scorer(pipe.rerank_clip, pipe.rerank_config)
   if s.candidates > 1:
-    pipe._need_image_tower("decoder candidates (CLIP reranking)")
+    need_image_tower(pipe, "decoder candidates (CLIP reranking)")
     return programs.clip_scorer(pipe.clip, pipe.clip_config)
   return None
 
@@ -228,15 +236,9 @@ class Pipeline:
     """The empty caption's encoding repeated n times."""
     return TextEncoding(*(np.repeat(a, n, axis=0) for a in self._uncond_row()))
 
-  def _need_image_tower(self, what: str) -> None:
-    if not self.clip_config.image_tower:
-      raise UserError(f"{self.name or 'this pipeline'}: its CLIP is a text encoder only; {what} need an image "
-                      "encoder (for Karlo: python -m unclip_jax.convert karlo ... --variations "
-                      "KARLO_IMAGE_VARIATIONS_DIR)")
-
   def encode_images(self, images: np.ndarray, batch: int | None = None) -> np.ndarray:
     """uint8 (B, S, S, 3) at the CLIP image size → (B, E) CLIP image embeddings (unnormalised)."""
-    self._need_image_tower("variations, interpolate and textdiff")
+    need_image_tower(self, "variations, interpolate and textdiff")
     fn = clip_encoder.image_encoder(self.clip, self.clip_config)
     return self.runner.run_chunked("clip_image", (), fn, (self.clip_params,), (images,), len(images), batch)
 
