@@ -1,9 +1,10 @@
 """What every suite shares: the loaded pipeline, the options, the evaluators (loaded or trained once)
 and a cache of generated images, so `--suite all` never samples or trains the same thing twice.
 
-Generation runs in fixed-size chunks (the last one padded by repeating its last prompt), so a whole
+Generation runs in chunks of `batch` prompts (the last one padded by repeating its last prompt), so a whole
 evaluation compiles one sampling program per setting of steps/sampler; guidance scales are program
-arguments and do not recompile.
+arguments and do not recompile. A call with fewer prompts than a batch (the guidance suite's) gets its own
+program, as small as the devices allow, rather than a batch of repeated rows.
 """
 
 from __future__ import annotations
@@ -110,7 +111,9 @@ class Context:
     key = (tuple(prompts), tuple(seeds), json.dumps({k: v.to_dict() for k, v in settings.items()}, sort_keys=True))
     if key in self._generated:
       return self._generated[key]
-    b = self.options.batch
+    # Chunks of `batch` prompts share one compiled program; fewer prompts than that (the guidance suite's few per
+    # setting) run unpadded, rounded up to the device count, not padded to a whole batch of wasted rows.
+    b = min(self.options.batch, self.pipe.padded_batch(len(prompts)))
     out = []
     for lo in tqdm(range(0, len(prompts), b), desc=desc, unit="batch", leave=False, disable=not self.options.progress):
       p, s = prompts[lo:lo + b], seeds[lo:lo + b]
