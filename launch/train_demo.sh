@@ -92,8 +92,8 @@ run sample python -m unclip_jax.sample --checkpoint demo --num 4 --out samples -
   --prompt "a red circle above a blue square" --prompt "a green square left of a yellow circle" \
   --prompt "a blue circle and a red triangle" --prompt "three green triangles" --prompt "two white circles"
 # 30 prompts per task and split (the compositional rates are then within about +-15 points at 50%),
-# 6 per guidance setting: the suite samples about 400 images, each drawn 8 times by the decoder: 81 min on
-# the 2-core Xeon (12 with --decoder-candidates 1, which scores the pipeline without reranking).
+# 6 per guidance setting: the suite samples about 400 images, each drawn 8 times by the decoder and upsampled 8
+# times: about 2 h on a 2-core CPU (12 min with --decoder-candidates 1, which scores the pipeline without reranking).
 # --resume: the suites a stopped run finished (eval/results.json) are kept and only the rest run.
 run evaluate python -m unclip_jax.evaluate --checkpoint demo --suite all --num 30 \
   --guidance-num 6 --decoder-guidance 1,2,3,5 --prior-guidance 1,2 --out eval --no-progress --resume \
