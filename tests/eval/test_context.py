@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from unclip_jax.eval.context import Context, Options
+from unclip_jax.pipeline.runner import ShardedRunner
 
 
 class RecordingPipe:
@@ -18,9 +19,7 @@ class RecordingPipe:
   def settings(self, overrides):
     return {}
 
-  def padded_batch(self, n, batch=None):
-    b = max(1, min(n, batch or n))
-    return b if b < self.n_devices else -(-b // self.n_devices) * self.n_devices
+  padded_batch = ShardedRunner.padded_batch  # the pipeline's own rule, on this pipe's device count
 
   def generate(self, prompts, seeds, settings, batch):
     self.calls.append((len(prompts), batch))

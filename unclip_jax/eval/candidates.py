@@ -179,14 +179,13 @@ def run(ctx) -> dict:
   if saved is not None:
     small, passes, final = saved
     ctx.log(f"candidates: the drawings in {path} rated again (same pipeline, prompts and sampling)")
-    images = final.astype(np.float32) / 127.5 - 1.0 if late else small
-    rated = {r.name: r.scores(images, captions) for r in rating}
-  else:
+  else:  # with `late` the output images are rated as they are drawn (too large to keep for 1024 px)
     small, final, passes, rated = draw_all(ctx, captions, seeds, k, rate_output=rating if late else ())
     if path is not None:
       _save(path, key, small, passes, final, captions)
-    if not late:
-      rated = {r.name: r.scores(small, captions) for r in rating}
+  if saved is not None or not late:  # rated here: the saved 64 px finals, or the decoder's drawings
+    images = final.astype(np.float32) / 127.5 - 1.0 if late else small
+    rated = {r.name: r.scores(images, captions) for r in rating}
   results, grids, names = {}, {}, list(rated)
   for i, (task, split) in enumerate(cells):
     part = slice(i * o.num, (i + 1) * o.num)
