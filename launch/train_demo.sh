@@ -11,6 +11,9 @@
 #   DEMO_DECODER_ARGS="--config.train.steps=72000" bash launch/train_demo.sh runs/demo_long
 # They are recorded in every shipped stage.json (provenance.overrides). A rerun resumes under `train`'s own rules: a
 # larger train.steps extends a finished stage, a changed model or data field needs a new OUT_DIR.
+# DEMO_<STAGE>_LEGS="7200 12000" trains that stage in legs, each a `train` run to the next step count in the same
+# workdir (a warm restart: each leg's cosine schedule spans its own end), as the shipped CLIP and decoder were
+# trained; the README has the line that reproduces the shipped pipeline. A rerun skips the legs already passed.
 # DEMO_NOTES="..." is recorded as provenance.notes (say there what was reused or run beside other work).
 # Rerunning resumes: data and embeddings are reused, each stage continues from its latest checkpoint
 # (a finished stage just re-exports), finished evaluation suites and packing are kept.
@@ -24,29 +27,65 @@ CONFIGS="$REPO/configs"
 # XLA_FLAGS is set). No YNNPACK fusion flag: on jax 0.10 `--xla_cpu_experimental_ynn_fusion_type=
 # dot,eltwise,reduce` made the demo's CLIP step about 2x and its decoder step about 20% slower (README,
 # "Benchmarks"); the 2026-12-02 weights were trained with it, the 2026-12-04 CLIP, prior and decoder fine-tune without.
+# Bad legs fail here, before any work: whole step counts, each larger than the last.
+for stage in clip rerank_clip prior decoder sr; do
+  var="DEMO_$(printf %s "$stage" | tr "[:lower:]" "[:upper:]")_LEGS"
+  previous=0
+  for leg in ${!var-}; do
+    case $leg in ''|*[!0-9]*) leg=0 ;; esac
+    [ "$leg" -gt "$previous" ] || { echo "error: $var=\"${!var}\" must be increasing step counts, e.g. \"7200 12000\"" >&2; exit 2; }
+    previous=$leg
+  done
+done
+
 mkdir -p "$OUT/logs"
 cd "$OUT"
 
 stamp() { echo "[$(date '+%F %T')] $*"; }
-# run NAME CMD...: runs a step with its output in logs/NAME.log, and logs its wall time.
+# run NAME CMD...: runs a step with its output appended to logs/NAME.log, and logs its wall time.
 run() {
   local name=$1 start=$SECONDS
   shift
   stamp "start $name"
-  "$@" > "logs/$name.log" 2>&1 || { stamp "FAILED $name (exit $?): see $OUT/logs/$name.log"; tail -n 20 "logs/$name.log"; exit 1; }
+  "$@" >> "logs/$name.log" 2>&1 || { stamp "FAILED $name (exit $?): see $OUT/logs/$name.log"; tail -n 20 "logs/$name.log"; exit 1; }
   stamp "done $name in $((SECONDS - start)) s"
   echo "$name $((SECONDS - start))" >> logs/times.txt
 }
-train() {  # train NAME CONFIG: one stage, resuming from WORKDIR=NAME, with the overrides in DEMO_<NAME>_ARGS
-  local name=$1 config=$2 var extra=()
-  var="DEMO_$(printf %s "$name" | tr "[:lower:]" "[:upper:]")_ARGS"  # bash 3 (macOS) has no ${1^^}
-  read -ra extra <<< "${!var-}"
-  run "$name" python -m unclip_jax.train --config "$CONFIGS/$config" --workdir "$name" --data_dir data --no_progress \
-    ${extra[@]+"${extra[@]}"}
-  # A stage stopped by SIGTERM or Ctrl-C saves and exits 0 without an export: stop here; rerunning resumes it.
-  [ -f "$name/export/stage.json" ] || { stamp "$name stopped before its last step; rerun this script to resume"; exit 1; }
+stage_var() {  # stage_var NAME KIND: the name of the variable DEMO_<NAME>_<KIND> (bash 3, on macOS, has no ${1^^})
+  printf 'DEMO_%s_%s' "$(printf %s "$1" | tr "[:lower:]" "[:upper:]")" "$2"
 }
-
+latest_checkpoint() {  # latest_checkpoint WORKDIR: the step of its newest run checkpoint (empty without one)
+  find "$1/checkpoints" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | sed 's|.*/||' | grep -E '^[0-9]+$' | sort -n \
+    | tail -n 1 || true
+}
+exported_step() {  # exported_step WORKDIR: the step its export was written at (empty without one)
+  sed -n 's/^  "step": *\([0-9][0-9]*\).*/\1/p' "$1/export/stage.json" 2>/dev/null | tail -n 1
+}
+train() {  # train NAME CONFIG: one stage, resuming from WORKDIR=NAME, with DEMO_<NAME>_ARGS and DEMO_<NAME>_LEGS
+  local name=$1 config=$2 var extra=() legs=() leg steps=() done_step exported
+  var=$(stage_var "$name" ARGS)
+  read -ra extra <<< "${!var-}"
+  var=$(stage_var "$name" LEGS)
+  read -ra legs <<< "${!var-}"
+  [ ${#legs[@]} -gt 0 ] || legs=(preset)
+  for leg in "${legs[@]}"; do
+    done_step=$(latest_checkpoint "$name")
+    if [ "$leg" != preset ]; then
+      [ -n "$done_step" ] && [ "$done_step" -gt "$leg" ] && continue  # a rerun: this leg is behind the workdir
+      steps=("--config.train.steps=$leg")
+    fi
+    run "$name" python -m unclip_jax.train --config "$CONFIGS/$config" --workdir "$name" --data_dir data --no_progress \
+      ${extra[@]+"${extra[@]}"} ${steps[@]+"${steps[@]}"}
+    # A stage stopped by SIGTERM or Ctrl-C saves and exits 0 without an export (an extended stage keeps its older
+    # one): stop here; rerunning resumes it.
+    exported=$(exported_step "$name") done_step=$(latest_checkpoint "$name")
+    if [ -z "$exported" ] || [ "$exported" != "$done_step" ]; then
+      stamp "$name stopped at step $done_step before its last step (export: ${exported:-none}); rerun this script" \
+        "with the same DEMO_ variables to resume"
+      exit 1
+    fi
+  done
+}
 # embed NAME CONFIG LOG: the prepared shapes CONFIG embedded by the trained CLIP as data/embedded/NAME. embed refuses
 # to overwrite, so a completed embedding is reused (tfds builds it in an `incomplete.*` folder first).
 embed() {

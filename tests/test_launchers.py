@@ -76,34 +76,81 @@ def test_kubernetes_dry_run_renders_an_indexed_job_and_a_headless_service():
   assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
 
 
-def _demo_calls(tmp_path, env):
-  """Runs launch/train_demo.sh with a stand-in `python` that records every call: `train` succeeds (writing the
-  export the script checks) until the decoder, which fails, so the script stops there with its one FAILED line
-  and a non-zero exit. Returns the recorded calls, each a list of arguments."""
+def _demo_calls(tmp_path, env, expect="FAILED decoder (exit 3)", exit_code=None):
+  """Runs launch/train_demo.sh with a stand-in `python` that records every call: `train` succeeds (a checkpoint and
+  an export at its --config.train.steps, 100 without one) until the decoder, which fails, so the script stops there
+  with its one FAILED line and a non-zero exit. FAKE_STOP=STAGE makes that stage stop early instead (a checkpoint
+  one step short, no export). Returns the recorded calls, each a list of arguments."""
   calls = tmp_path / "calls"
   fake = tmp_path / "bin" / "python"
-  fake.parent.mkdir()
+  fake.parent.mkdir(exist_ok=True)
   fake.write_text(f"""#!/usr/bin/env bash
 printf '%s\\n' "$@" '--END--' >> {calls}
 if [ "$2" = unclip_jax.train ]; then
   workdir=$(printf '%s\\n' "$@" | sed -n '/^--workdir$/{{n;p}}')
+  steps=$(printf '%s\\n' "$@" | sed -n 's/^--config.train.steps=//p' | tail -n 1)
+  steps=${{steps:-100}}
   [ "$workdir" = decoder ] && exit 3
-  mkdir -p "$workdir/export" && echo '{{}}' > "$workdir/export/stage.json"
+  if [ "$workdir" = "${{FAKE_STOP-}}" ]; then mkdir -p "$workdir/checkpoints/$((steps - 1))"; exit 0; fi
+  mkdir -p "$workdir/checkpoints/$steps" "$workdir/export"
+  printf '{{\\n  "kind": "x",\\n  "step": %s\\n}}\\n' "$steps" > "$workdir/export/stage.json"
 fi
 """)
   fake.chmod(0o755)
   env = {"PATH": f"{fake.parent}:{os.environ['PATH']}", **env}
   out = subprocess.run(["bash", str(LAUNCH / "train_demo.sh"), str(tmp_path / "run")], env={**os.environ, **env},
                        capture_output=True, text=True, timeout=60)
-  assert out.returncode != 0 and "FAILED decoder (exit 3)" in out.stdout, out.stdout + out.stderr
-  return [c.strip("\n").split("\n") for c in calls.read_text().split("--END--\n") if c.strip()]
+  assert out.returncode != 0 and expect in out.stdout + out.stderr, out.stdout + out.stderr
+  if exit_code is not None:
+    assert out.returncode == exit_code, out.stdout + out.stderr
+  return [c.strip("\n").split("\n") for c in calls.read_text().split("--END--\n") if c.strip()] \
+    if calls.exists() else []
+
+
+def _trains(commands):
+  return [(c[c.index("--workdir") + 1], c) for c in commands if c[:2] == ["-m", "unclip_jax.train"]]
+
+
+def test_train_demo_trains_a_stage_in_legs_and_a_rerun_skips_the_legs_passed(tmp_path):
+  """DEMO_<STAGE>_LEGS runs that stage's `train` once per leg, each to its step count (after DEMO_<STAGE>_ARGS, so
+  the leg's count wins), in the same workdir; a rerun runs only the legs the workdir has not passed."""
+  env = {"DEMO_CLIP_LEGS": "2000  4000", "DEMO_CLIP_ARGS": "--config.train.steps=1 --config.seed=3"}
+  clip = [c for name, c in _trains(_demo_calls(tmp_path, env)) if name == "clip"]
+  assert [c[-3:] for c in clip] == [["--config.train.steps=1", "--config.seed=3", f"--config.train.steps={n}"]
+                                    for n in (2000, 4000)]
+  (tmp_path / "calls").unlink()
+  run = tmp_path / "run" / "clip"
+  (run / "checkpoints" / "4000").rmdir()
+  (run / "checkpoints" / "3000").mkdir()  # stopped in the second leg
+  clip = [c for name, c in _trains(_demo_calls(tmp_path, env)) if name == "clip"]
+  assert [c[-1] for c in clip] == ["--config.train.steps=4000"]
+  times = (tmp_path / "run" / "logs" / "times.txt").read_text().split()
+  assert times[0::2].count("clip") == 3  # each leg's wall time, summed into the shipped wall_seconds
+
+
+def test_train_demo_stops_where_a_stage_stopped_early_even_with_an_older_export(tmp_path):
+  """A stage extended past a finished run and stopped (SIGTERM: a checkpoint, exit 0, no new export) keeps its older
+  export: the script stops there instead of going on with the older weights."""
+  (tmp_path / "run" / "clip" / "checkpoints" / "100").mkdir(parents=True)
+  (tmp_path / "run" / "clip" / "export").mkdir()
+  (tmp_path / "run" / "clip" / "export" / "stage.json").write_text('{\n  "step": 100\n}\n')
+  commands = _demo_calls(tmp_path, {"FAKE_STOP": "clip", "DEMO_CLIP_ARGS": "--config.train.steps=400"},
+                         expect="clip stopped at step 399 before its last step (export: 100)")
+  assert [name for name, _ in _trains(commands)] == ["clip"]
+
+
+def test_train_demo_refuses_legs_that_do_not_increase_before_any_work(tmp_path):
+  commands = _demo_calls(tmp_path, {"DEMO_DECODER_LEGS": "12000 7200"}, exit_code=2,
+                         expect='error: DEMO_DECODER_LEGS="12000 7200" must be increasing step counts')
+  assert commands == [] and not (tmp_path / "run").exists()
+  _demo_calls(tmp_path, {"DEMO_SR_LEGS": "2k"}, exit_code=2, expect="DEMO_SR_LEGS")
 
 
 def test_train_demo_passes_each_stages_overrides_to_its_train_command_only(tmp_path):
   """DEMO_<STAGE>_ARGS reaches that stage's `train` command, split into words, and no other command."""
   commands = _demo_calls(tmp_path, {"DEMO_DECODER_ARGS": "--config.train.steps=36000  --config.train.batch_size=64",
                                     "DEMO_CLIP_ARGS": ""})
-  trains = {c[c.index("--workdir") + 1]: c for c in commands if c[:2] == ["-m", "unclip_jax.train"]}
+  trains = dict(_trains(commands))
   assert list(trains) == ["clip", "rerank_clip", "prior", "decoder"]
   assert _option(trains["rerank_clip"], "--config").endswith("configs/clip.py:demo_rerank")
   assert trains["decoder"][-2:] == ["--config.train.steps=36000", "--config.train.batch_size=64"]
