@@ -33,7 +33,10 @@ for stage in clip rerank_clip prior decoder sr; do
   previous=0
   for leg in ${!var-}; do
     case $leg in ''|*[!0-9]*) leg=0 ;; esac
-    [ "$leg" -gt "$previous" ] || { echo "error: $var=\"${!var}\" must be increasing step counts, e.g. \"7200 12000\"" >&2; exit 2; }
+    if [ "$leg" -le "$previous" ]; then
+      echo "error: $var=\"${!var}\" must be increasing step counts, e.g. \"7200 12000\"" >&2
+      exit 2
+    fi
     previous=$leg
   done
 done
@@ -47,7 +50,8 @@ run() {
   local name=$1 start=$SECONDS
   shift
   stamp "start $name"
-  "$@" >> "logs/$name.log" 2>&1 || { stamp "FAILED $name (exit $?): see $OUT/logs/$name.log"; tail -n 20 "logs/$name.log"; exit 1; }
+  "$@" >> "logs/$name.log" 2>&1 \
+    || { stamp "FAILED $name (exit $?): see $OUT/logs/$name.log"; tail -n 20 "logs/$name.log"; exit 1; }
   stamp "done $name in $((SECONDS - start)) s"
   echo "$name $((SECONDS - start))" >> logs/times.txt
 }
