@@ -104,8 +104,6 @@ class Context:
   def generate(self, prompts: Sequence[str], seeds: Sequence[int], overrides: dict | None = None,
                desc: str = "sampling") -> np.ndarray:
     """uint8 images (N, S, S, 3) at the pipeline's output size; cached per (prompts, seeds, settings)."""
-    from tqdm.auto import tqdm
-
     prompts, seeds = list(prompts), [int(s) for s in seeds]
     settings = self.settings(overrides)
     key = (tuple(prompts), tuple(seeds), json.dumps({k: v.to_dict() for k, v in settings.items()}, sort_keys=True))
@@ -114,13 +112,9 @@ class Context:
     # Chunks of `batch` prompts share one compiled program; fewer prompts than that (the guidance suite's few per
     # setting) run unpadded, rounded up to the device count, not padded to a whole batch of wasted rows.
     b = min(self.options.batch, self.pipe.padded_batch(len(prompts)))
-    out = []
-    for lo in tqdm(range(0, len(prompts), b), desc=desc, unit="batch", leave=False, disable=not self.options.progress):
-      p, s = prompts[lo:lo + b], seeds[lo:lo + b]
-      n = len(p)
-      p, s = p + [p[-1]] * (b - n), s + [s[-1]] * (b - n)
-      out.append(self.pipe.generate(p, s, settings, batch=b)["images"][:n])
-    images = np.concatenate(out)
+    out, n = self.chunked(lambda p, s: self.pipe.generate(p, s, settings, batch=b)["images"], prompts, seeds,
+                          batch=b, desc=desc)
+    images = np.concatenate(out)[:n]
     self._generated[key] = images
     return images
 
@@ -146,12 +140,15 @@ class Context:
       seen["generated"], held["generated"] = images[:len(seen["captions"])], images[len(seen["captions"]):]
     return cell
 
-  def chunked(self, fn, *arrays):
-    """fn over fixed-size chunks of the arrays (the last padded), concatenated: one compiled shape."""
-    b = self.options.batch
+  def chunked(self, fn, *arrays, batch: int | None = None, desc: str = ""):
+    """fn over fixed-size chunks of the arrays (`batch`, default --batch; the last padded by repeating its last
+    row), in order: one compiled shape. Returns (fn's outputs, number of real rows); with `desc`, a progress bar."""
+    from tqdm.auto import tqdm
+
+    b = batch or self.options.batch
     n = len(arrays[0])
     out = []
-    for lo in range(0, n, b):
+    for lo in tqdm(range(0, n, b), desc=desc, unit="batch", leave=False, disable=not (desc and self.options.progress)):
       parts = []
       for a in arrays:
         chunk = a[lo:lo + b]
