@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 from typing import Sequence
 
 import numpy as np
@@ -92,15 +91,11 @@ def draw_all(ctx, captions: list[str], seeds: list[int], k: int, rate_output: Se
   (N, K, 64, 64, 3), passes (N, K), {rater name: scores (N, K)} of each of `rate_output` on the output images):
   `ctx.options.batch` prompts at a time (`ctx.chunked`); finals are kept at 64 px (what the detector grades) and
   outputs rated as they are drawn, so 1024 px outputs fit in memory."""
-  from tqdm.auto import tqdm
-
   from unclip_jax.eval.images import resize
   from unclip_jax.images import to_uint8
   from unclip_jax.pipeline import candidates
 
   settings, pipe = ctx.settings(), ctx.pipe
-  bar = tqdm(total=math.ceil(len(captions) / ctx.options.batch), desc="candidates", unit="batch", leave=False,
-             disable=not ctx.options.progress)
 
   def chunk(p, s):
     drawn = candidates.draw(pipe, p, s, settings, k)
@@ -108,10 +103,8 @@ def draw_all(ctx, captions: list[str], seeds: list[int], k: int, rate_output: Se
     scores = {r.name: r.scores(output, p) for r in rate_output}
     up = to_uint8(output)
     at_64 = resize(up.reshape((-1,) + up.shape[2:]), prompts.IMAGE_SIZE)
-    bar.update(1)
     return drawn["small"], at_64.reshape((len(p), k) + at_64.shape[1:]), scores
-  parts, n = ctx.chunked(chunk, captions, seeds)  # the last batch padded: each stage compiles once
-  bar.close()
+  parts, n = ctx.chunked(chunk, captions, seeds, desc="candidates")  # the last batch padded: each stage compiles once
   small, final = (np.concatenate([part[i] for part in parts])[:n] for i in (0, 1))
   scores = {r.name: np.concatenate([part[2][r.name] for part in parts])[:n] for r in rate_output}
   flat = compositional.grade(final.reshape((-1,) + final.shape[2:]), [c for c in captions for _ in range(k)])
