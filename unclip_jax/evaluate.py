@@ -47,6 +47,23 @@ def _positive(value: int, what: str) -> int:
   return value
 
 
+def _tasks(text: str | None, suite: str) -> tuple[str, ...]:
+  """--tasks as the suites' own task order, checked; () when not given (every task)."""
+  from unclip_jax.eval import prompts
+
+  if text is None:
+    return ()
+  if suite not in ("compositional", "candidates", "all"):
+    raise UserError(f"--tasks chooses what the compositional and candidates suites draw; --suite {suite} draws none")
+  asked = {t.strip() for t in text.split(",") if t.strip()}
+  unknown = sorted(asked - set(prompts.TASKS))
+  if unknown or not asked:
+    raise UserError(f"--tasks takes some of {', '.join(prompts.TASKS)}, got {text!r}")
+  if suite == "candidates" and "negation" in asked:
+    raise UserError("--tasks: the candidates suite grades no negation (it fails by design); leave it out")
+  return tuple(t for t in prompts.TASKS if t in asked)
+
+
 def parse(argv: Sequence[str]):
   from unclip_jax.eval import report
 
@@ -85,6 +102,9 @@ def parse(argv: Sequence[str]):
   p.add_argument("--rerank-clip", action="append", default=[], metavar="DIR",
                  help="candidates suite: a CLIP stage folder that rates the candidates beside the pipeline's rater "
                       "(repeatable)")
+  p.add_argument("--tasks", default=None,
+                 help="compositional and candidates suites: comma-separated tasks to draw, of single, binding, "
+                      "counting, position, negation (default: all; candidates: all but negation)")
   p.add_argument("--no-extra-zeroshot", action="store_true", help="zeroshot suite: skip fashion_mnist and emoji")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
   p.add_argument("--resume", action="store_true",
@@ -102,6 +122,7 @@ def parse(argv: Sequence[str]):
       _positive(getattr(args, what), f"--{what.replace('_', '-')}")
   if args.rerank_clip and args.suite != "candidates":
     raise UserError("--rerank-clip rates decoder candidates: it applies to --suite candidates only")
+  args.tasks = _tasks(args.tasks, args.suite)
   if not 0 <= args.seed < 2 ** 31:
     raise UserError(f"--seed must lie in [0, 2**31), got {args.seed}")
   return args
@@ -114,7 +135,7 @@ def options(args):
               decoder_guidance=_floats(args.decoder_guidance, "--decoder-guidance"),
               prior_guidance=_floats(args.prior_guidance, "--prior-guidance"), guidance_num=args.guidance_num,
               train_ref=args.train_ref, dataset_seed=args.dataset_seed, zeroshot_extra=not args.no_extra_zeroshot,
-              progress=not args.no_progress, raters=tuple(args.rerank_clip))
+              progress=not args.no_progress, raters=tuple(args.rerank_clip), tasks=args.tasks)
   if args.cache:
     o.cache_dir = Path(args.cache)
   if args.feature_steps:
@@ -141,6 +162,9 @@ def options(args):
 
 # Arguments that change how a run looks or where it writes, not its numbers: a resumed run may differ in them.
 _PRESENTATION = ("checkpoint", "out", "no_progress", "verbose", "update_readme", "resume")
+# Options added after results were written, at the value those runs had: left out of the fingerprint at that
+# value, so an earlier run still resumes.
+_ADDED = {"tasks": ()}
 
 
 def fingerprint(args, pipeline: dict) -> dict:
@@ -153,7 +177,8 @@ def fingerprint(args, pipeline: dict) -> dict:
   content = {"sampling": pipeline["meta"].get("sampling"),
              "stages": {name: meta.get(CHECKSUMS) for name, meta in sorted(pipeline["stages"].items())}}
   digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
-  return {"options": {k: v for k, v in sorted(vars(args).items()) if k not in _PRESENTATION}, "pipeline": digest}
+  return {"options": {k: v for k, v in sorted(vars(args).items())
+                      if k not in _PRESENTATION and not (k in _ADDED and v == _ADDED[k])}, "pipeline": digest}
 
 
 def finished_suites(out: Path, expected: dict) -> tuple[dict, dict]:

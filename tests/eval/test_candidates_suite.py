@@ -87,6 +87,19 @@ def test_the_pipeline_raters_pick_is_what_the_compositional_suite_grades(pipe_di
   code, _, err = _run([*common, "--suite", "compositional", "--out", tmp_path / "comp"], capsys)
   assert code == 0, err
   comp = json.loads((tmp_path / "comp" / "results.json").read_text())["compositional"]["tasks"]
+  # --tasks draws only the cells asked for (in the suite's order), each as the whole suite draws it
+  code, _, err = _run([*common, "--suite", "compositional", "--tasks", "position,single", "--out", tmp_path / "two"],
+                      capsys)
+  assert code == 0, err
+  two = json.loads((tmp_path / "two" / "results.json").read_text())["compositional"]
+  assert list(two["tasks"]) == ["single", "position"]
+  for task in two["tasks"]:
+    for split in ("seen", "heldout"):
+      assert two["tasks"][task][split]["accuracy"] == comp[task][split]["accuracy"], (task, split)
+  assert two["overall"]["heldout"]["mean_over_tasks_without_negation"] == pytest.approx(
+      (comp["single"]["heldout"]["accuracy"]["rate"] + comp["position"]["heldout"]["accuracy"]["rate"]) / 2)
+  table = (tmp_path / "two" / "results.md").read_text()
+  assert "| compositional | mean over single, position |" in table and "negation" not in table
   plain = [*common[:common.index("--decoder-candidates")], *common[common.index("--decoder-candidates") + 2:]]
   code, _, err = _run([*plain, "--decoder-candidates", 1, "--suite", "compositional", "--out", tmp_path / "c1"], capsys)
   assert code == 0, err
@@ -148,6 +161,19 @@ def test_candidates_rated_after_the_upsamplers_where_the_pipeline_rates_them_the
   code, _, err = _run([*common, "--rate-upsampled", "--suite", "compositional", "--out", tmp_path / "comp"], capsys)
   assert code == 0, err
   comp = json.loads((tmp_path / "comp" / "results.json").read_text())["compositional"]["tasks"]
+  # --tasks draws only the cells asked for (in the suite's order), each as the whole suite draws it
+  code, _, err = _run([*common, "--suite", "compositional", "--tasks", "position,single", "--out", tmp_path / "two"],
+                      capsys)
+  assert code == 0, err
+  two = json.loads((tmp_path / "two" / "results.json").read_text())["compositional"]
+  assert list(two["tasks"]) == ["single", "position"]
+  for task in two["tasks"]:
+    for split in ("seen", "heldout"):
+      assert two["tasks"][task][split]["accuracy"] == comp[task][split]["accuracy"], (task, split)
+  assert two["overall"]["heldout"]["mean_over_tasks_without_negation"] == pytest.approx(
+      (comp["single"]["heldout"]["accuracy"]["rate"] + comp["position"]["heldout"]["accuracy"]["rate"]) / 2)
+  table = (tmp_path / "two" / "results.md").read_text()
+  assert "| compositional | mean over single, position |" in table and "negation" not in table
   code, _, err = _run([*common, "--suite", "candidates", "--out", tmp_path / "early"], capsys)
   assert code == 0, err
   early = json.loads((tmp_path / "early" / "results.json").read_text())["candidates"]
@@ -171,6 +197,7 @@ def test_candidates_rated_after_the_upsamplers_where_the_pipeline_rates_them_the
     (["--suite", "candidates"], "--decoder-candidates K"),
     (["--suite", "compositional", "--rerank-clip", "x"], "--suite candidates only"),
     (["--suite", "candidates", "--decoder-candidates", "2", "--rerank-clip", "no_such_folder"], "does not exist"),
+    (["--suite", "candidates", "--decoder-candidates", "2", "--tasks", "single,negation"], "grades no negation"),
 ])
 def test_bad_candidates_input_is_one_error_line(pipe_dir, tmp_path, capsys, args, words):
   code, out, err = _run(["--checkpoint", pipe_dir, "--out", tmp_path / "out", *args], capsys)

@@ -39,6 +39,9 @@ def _run(argv, capsys):
     (["--suite", "fd", "--num", "0"], "--num must be at least 1"),
     (["--suite", "guidance", "--decoder-guidance", "1,x"], "--decoder-guidance"),
     (["--suite", "fd", "--decoder-candidates", "0"], "--decoder-candidates must be at least 1"),
+    (["--suite", "fd", "--tasks", "single"], "--suite fd draws none"),
+    (["--suite", "compositional", "--tasks", "single,colour"], "--tasks takes some of single, binding"),
+    (["--suite", "all", "--tasks", ","], "--tasks takes some of"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, capsys, args, words, monkeypatch):
   from unclip_jax.pipeline import folder

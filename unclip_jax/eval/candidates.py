@@ -67,11 +67,16 @@ def summarize(passes: np.ndarray, scores: dict[str, np.ndarray]) -> dict:
   return out
 
 
+def tasks(options) -> tuple[str, ...]:
+  """The tasks to draw: evaluate's --tasks (negation refused there), else all four."""
+  return tuple(options.tasks) or TASKS
+
+
 def means(cells: dict, raters: list[str]) -> dict:
   """Per split, each rate's mean over the tasks (as the compositional suite's bar reads its tasks)."""
   out = {}
   for split in prompts.SPLITS:
-    row = [cells[t][split] for t in TASKS]
+    row = [cells[t][split] for t in TASKS if t in cells]
     out[split] = {"any_right": float(np.mean([c["any_right"]["rate"] for c in row])),
                   "first_right": float(np.mean([c["first_right"]["rate"] for c in row])),
                   "random_pick": float(np.mean([c["random_pick"] for c in row])),
@@ -82,7 +87,7 @@ def means(cells: dict, raters: list[str]) -> dict:
 def draws_key(ctx, settings: dict, k: int) -> str:
   """What the drawings depend on: the pipeline's weights, the sampling settings, prompts, seeds and K."""
   content = {"pipeline": ctx.options.pipeline_digest, "settings": {s: v.to_dict() for s, v in settings.items()},
-             "num": ctx.options.num, "seed": ctx.options.seed, "k": k, "tasks": TASKS}
+             "num": ctx.options.num, "seed": ctx.options.seed, "k": k, "tasks": tasks(ctx.options)}
   return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -161,7 +166,7 @@ def run(ctx) -> dict:
   check(settings)
   k = settings["decoder"].candidates
   rating = raters(ctx)  # a bad --rerank-clip folder fails here, before the drawing
-  cells = [(task, split) for task in TASKS for split in prompts.SPLITS]
+  cells = [(task, split) for task in tasks(o) for split in prompts.SPLITS]
   sets = {c: prompts.task_set(c[0], c[1], o.num, o.seed)[0] for c in cells}
   captions = [cap for c in cells for cap in sets[c]]
   seeds = [s for c in cells for s in prompts.image_seeds(f"compositional/{c[0]}/{c[1]}", o.num, o.seed)]

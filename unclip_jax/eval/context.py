@@ -43,6 +43,7 @@ class Options:
   zeroshot_extra: bool = True  # also fashion_mnist and emoji probes, when their data is installed
   progress: bool = True
   raters: tuple[str, ...] = ()  # candidates suite: CLIP stage folders that rate the candidates beside the pipeline's
+  tasks: tuple[str, ...] = ()  # compositional and candidates suites: the tasks to draw (empty: all of the suite's)
   draws_dir: Path | None = None  # where a suite may keep its drawings for a later run (evaluate's --out)
   pipeline_digest: str = ""  # the pipeline's weights and sampling (evaluate's fingerprint); "" reuses no drawings
 

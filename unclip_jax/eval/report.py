@@ -57,11 +57,13 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
         out.append(("compositional", "negation: negated shape drawn", _p(s["negated_shape_drawn"]),
                     _p(h["negated_shape_drawn"]), "known failure: no negation in training captions"))
     seen, held = c["overall"]["seen"], c["overall"]["heldout"]
-    out.append(("compositional", "mean over single, binding, counting, position",
-                _f(seen["mean_over_tasks_without_negation"]), _f(held["mean_over_tasks_without_negation"]),
-                f"{c['num_per_cell']} prompts per cell"))
-    out.append(("compositional", "mean over tasks, negation included", _f(seen["mean_over_tasks"]),
-                _f(held["mean_over_tasks"]), ""))
+    drawing = [t for t in c["tasks"] if t != "negation"]
+    if "mean_over_tasks_without_negation" in seen and len(drawing) > 1:
+      out.append(("compositional", f"mean over {', '.join(drawing)}", _f(seen["mean_over_tasks_without_negation"]),
+                  _f(held["mean_over_tasks_without_negation"]), f"{c['num_per_cell']} prompts per cell"))
+    if "negation" in c["tasks"] and len(c["tasks"]) > 1:
+      out.append(("compositional", "mean over tasks, negation included", _f(seen["mean_over_tasks"]),
+                  _f(held["mean_over_tasks"]), ""))
   st = results.get("stages")
   if st:
     for key, name in (("decoder_from_true_embedding", "decoder from the real image's CLIP embedding (no prior)"),
