@@ -161,19 +161,6 @@ def test_candidates_rated_after_the_upsamplers_where_the_pipeline_rates_them_the
   code, _, err = _run([*common, "--rate-upsampled", "--suite", "compositional", "--out", tmp_path / "comp"], capsys)
   assert code == 0, err
   comp = json.loads((tmp_path / "comp" / "results.json").read_text())["compositional"]["tasks"]
-  # --tasks draws only the cells asked for (in the suite's order), each as the whole suite draws it
-  code, _, err = _run([*common, "--suite", "compositional", "--tasks", "position,single", "--out", tmp_path / "two"],
-                      capsys)
-  assert code == 0, err
-  two = json.loads((tmp_path / "two" / "results.json").read_text())["compositional"]
-  assert list(two["tasks"]) == ["single", "position"]
-  for task in two["tasks"]:
-    for split in ("seen", "heldout"):
-      assert two["tasks"][task][split]["accuracy"] == comp[task][split]["accuracy"], (task, split)
-  assert two["overall"]["heldout"]["mean_over_tasks_without_negation"] == pytest.approx(
-      (comp["single"]["heldout"]["accuracy"]["rate"] + comp["position"]["heldout"]["accuracy"]["rate"]) / 2)
-  table = (tmp_path / "two" / "results.md").read_text()
-  assert "| compositional | mean over single, position |" in table and "negation" not in table
   code, _, err = _run([*common, "--suite", "candidates", "--out", tmp_path / "early"], capsys)
   assert code == 0, err
   early = json.loads((tmp_path / "early" / "results.json").read_text())["candidates"]

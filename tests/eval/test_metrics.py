@@ -112,6 +112,15 @@ def test_task_means_leave_negation_out_of_the_drawing_mean_and_report_both():
   table = {r[1]: r for r in report.rows({"compositional": {"tasks": {}, "overall": overall, "num_per_cell": 7}})}
   assert table["mean over single, binding, counting, position"][2:4] == ("0.6", "0.5")
   assert table["mean over tasks, negation included"][3] == "0.4"
+  # --tasks: the means over the tasks drawn, named; no negation row without negation
+  two = compositional.task_means({t: tasks[t] for t in ("single", "position")})
+  assert two["heldout"] == {"tasks": ["single", "position"], "mean_over_tasks": pytest.approx(0.5),
+                            "mean_over_tasks_without_negation": pytest.approx(0.5)}
+  table = {r[1]: r for r in report.rows({"compositional": {"tasks": {}, "overall": two, "num_per_cell": 7}})}
+  assert table["mean over single, position"][2:4] == ("0.6", "0.5") and len(table) == 1
+  old = {s: {k: v for k, v in overall[s].items() if k != "tasks"} for s in overall}  # written before --tasks
+  assert [r[1] for r in report.rows({"compositional": {"tasks": {}, "overall": old, "num_per_cell": 7}})] == \
+      ["mean over single, binding, counting, position", "mean over tasks, negation included"]
 
 
 def test_single_object_accuracy_is_also_reported_per_named_pair():

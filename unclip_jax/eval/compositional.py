@@ -44,7 +44,7 @@ def task_means(results: dict) -> dict:
   for split in prompts.SPLITS:
     rates = {t: results[t][split]["accuracy"]["rate"] for t in prompts.TASKS if t in results}
     drawing = [r for t, r in rates.items() if t != "negation"]
-    overall[split] = {"mean_over_tasks": float(np.mean(list(rates.values())))}
+    overall[split] = {"tasks": list(rates), "mean_over_tasks": float(np.mean(list(rates.values())))}
     if drawing:
       overall[split]["mean_over_tasks_without_negation"] = float(np.mean(drawing))
   return overall
