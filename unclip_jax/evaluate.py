@@ -177,8 +177,9 @@ def fingerprint(args, pipeline: dict) -> dict:
   content = {"sampling": pipeline["meta"].get("sampling"),
              "stages": {name: meta.get(CHECKSUMS) for name, meta in sorted(pipeline["stages"].items())}}
   digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
-  return {"options": {k: v for k, v in sorted(vars(args).items())
-                      if k not in _PRESENTATION and not (k in _ADDED and v == _ADDED[k])}, "pipeline": digest}
+  options = {k: v for k, v in sorted(vars(args).items())
+             if k not in _PRESENTATION and not (k in _ADDED and v == _ADDED[k])}
+  return {"options": json.loads(json.dumps(options, default=str)), "pipeline": digest}  # as results.json holds it
 
 
 def finished_suites(out: Path, expected: dict) -> tuple[dict, dict]:

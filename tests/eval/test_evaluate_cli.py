@@ -142,6 +142,16 @@ def test_every_suite_end_to_end(pipe, tmp_path, capsys, monkeypatch):
   assert info["evaluator"]["steps"] == 5 and scorer.config.embed_dim == 32
 
 
+def test_the_resume_fingerprint_reads_back_from_json_and_keeps_older_runs_resumable():
+  """`--resume` compares the fingerprint with the one results.json holds: it must survive JSON (tuples become
+  lists), name --tasks when given, and leave it out at its default, as runs written before the option have it."""
+  pipeline = {"meta": {"sampling": None}, "stages": {}}
+  given = evaluate.fingerprint(evaluate.parse(["--suite", "compositional", "--tasks", "position,single"]), pipeline)
+  assert json.loads(json.dumps(given)) == given and given["options"]["tasks"] == ["single", "position"]
+  default = evaluate.fingerprint(evaluate.parse(["--suite", "compositional"]), pipeline)
+  assert "tasks" not in default["options"] and default != given
+
+
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
   from unclip_jax.errors import UserError
   from unclip_jax.eval import report

@@ -109,7 +109,7 @@ def draw_all(ctx, captions: list[str], seeds: list[int], k: int, rate_output: Se
     up = to_uint8(output)
     at_64 = resize(up.reshape((-1,) + up.shape[2:]), prompts.IMAGE_SIZE)
     return drawn["small"], at_64.reshape((len(p), k) + at_64.shape[1:]), scores
-  parts, n = ctx.chunked(chunk, captions, seeds, desc="candidates")  # the last batch padded: each stage compiles once
+  parts, n = ctx.chunked(chunk, captions, seeds, desc="candidates")  # the last batch padded: one compile per stage
   small, final = (np.concatenate([part[i] for part in parts])[:n] for i in (0, 1))
   scores = {r.name: np.concatenate([part[2][r.name] for part in parts])[:n] for r in rate_output}
   flat = compositional.grade(final.reshape((-1,) + final.shape[2:]), [c for c in captions for _ in range(k)])
