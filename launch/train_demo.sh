@@ -27,9 +27,12 @@ CONFIGS="$REPO/configs"
 # XLA_FLAGS is set). No YNNPACK fusion flag: on jax 0.10 `--xla_cpu_experimental_ynn_fusion_type=
 # dot,eltwise,reduce` made the demo's CLIP step about 2x and its decoder step about 20% slower (README,
 # "Benchmarks"); the 2026-12-02 weights were trained with it, the 2026-12-04 CLIP, prior and decoder fine-tune without.
+stage_var() {  # stage_var NAME KIND: the name of the variable DEMO_<NAME>_<KIND> (bash 3, on macOS, has no ${1^^})
+  printf 'DEMO_%s_%s' "$(printf %s "$1" | tr "[:lower:]" "[:upper:]")" "$2"
+}
 # Bad legs fail here, before any work: whole step counts, each larger than the last.
 for stage in clip rerank_clip prior decoder sr; do
-  var="DEMO_$(printf %s "$stage" | tr "[:lower:]" "[:upper:]")_LEGS"
+  var=$(stage_var "$stage" LEGS)
   previous=0
   for leg in ${!var-}; do
     case $leg in ''|*[!0-9]*) leg=0 ;; esac
@@ -54,9 +57,6 @@ run() {
     || { stamp "FAILED $name (exit $?): see $OUT/logs/$name.log"; tail -n 20 "logs/$name.log"; exit 1; }
   stamp "done $name in $((SECONDS - start)) s"
   echo "$name $((SECONDS - start))" >> logs/times.txt
-}
-stage_var() {  # stage_var NAME KIND: the name of the variable DEMO_<NAME>_<KIND> (bash 3, on macOS, has no ${1^^})
-  printf 'DEMO_%s_%s' "$(printf %s "$1" | tr "[:lower:]" "[:upper:]")" "$2"
 }
 latest_checkpoint() {  # latest_checkpoint WORKDIR: the step of its newest run checkpoint (empty without one)
   find "$1/checkpoints" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | sed 's|.*/||' | grep -E '^[0-9]+$' | sort -n \
