@@ -65,7 +65,7 @@ def _tasks(text: str | None, suite: str) -> tuple[str, ...]:
 
 
 def parse(argv: Sequence[str]):
-  from unclip_jax.eval import report
+  from unclip_jax.eval import prompts, report
 
   p = ArgumentParser(prog="python -m unclip_jax.evaluate", description=__doc__.split("\n\n")[0])
   p.add_argument("--checkpoint", default=None,
@@ -103,8 +103,8 @@ def parse(argv: Sequence[str]):
                  help="candidates suite: a CLIP stage folder that rates the candidates beside the pipeline's rater "
                       "(repeatable)")
   p.add_argument("--tasks", default=None,
-                 help="compositional and candidates suites: comma-separated tasks to draw, of single, binding, "
-                      "counting, position, negation (default: all; candidates: all but negation)")
+                 help="compositional and candidates suites: comma-separated tasks to draw, of "
+                      f"{', '.join(prompts.TASKS)} (default: all; candidates: all but negation)")
   p.add_argument("--no-extra-zeroshot", action="store_true", help="zeroshot suite: skip fashion_mnist and emoji")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
   p.add_argument("--resume", action="store_true",
